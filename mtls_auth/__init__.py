@@ -1,0 +1,34 @@
+"""mtls-auth: OAuth2 client credentials over mutual TLS for requests and httpx.
+
+The core (this package) knows nothing of any HTTP library: it parses client
+certificates, builds SSL contexts with the key kept off disk, and raises the
+errors below. The integrations live in `mtls_auth.requests` and
+`mtls_auth.httpx`, each importing its own library.
+"""
+
+from __future__ import annotations
+
+from ._certificate import ClientCertificate
+from ._errors import (
+    BindingError,
+    CertificateError,
+    InsecureTransportError,
+    MtlsAuthError,
+    TokenError,
+    TokenRequestError,
+    TokenResponseError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BindingError",
+    "CertificateError",
+    "ClientCertificate",
+    "InsecureTransportError",
+    "MtlsAuthError",
+    "TokenError",
+    "TokenRequestError",
+    "TokenResponseError",
+    "__version__",
+]

@@ -1,0 +1,95 @@
+"""The exceptions mtls-auth raises.
+
+Every error the library raises on purpose is an `MtlsAuthError`, so one
+`except MtlsAuthError` covers them all::
+
+    MtlsAuthError
+    ├── CertificateError          bad PEM, key/certificate mismatch, password, expiry,
+    │                             a CA bundle or key OpenSSL refuses
+    ├── BindingError (ValueError) a service key, VCAP_SERVICES entry or binding
+    │                             directory that cannot be used for mTLS
+    ├── InsecureTransportError    a bearer token would leave over plain http, to a
+    │                             host outside `allowed_hosts`, or TLS verification
+    │                             was turned off without saying so loudly
+    └── TokenError                no token could be obtained
+        ├── TokenRequestError     transport or TLS failure talking to the token URL
+        └── TokenResponseError    the token endpoint answered, but not with a token
+
+Lower-level errors (`ssl.SSLError`, `OSError`, the HTTP library's own errors) are
+translated at the boundary with ``raise ... from exc`` so the cause stays
+inspectable. Messages name the URL, the certificate subject or the expiry date
+involved, and never contain a token, a private key or a response body.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BindingError",
+    "CertificateError",
+    "InsecureTransportError",
+    "MtlsAuthError",
+    "TokenError",
+    "TokenRequestError",
+    "TokenResponseError",
+]
+
+
+class MtlsAuthError(Exception):
+    """Root of every error raised by mtls-auth."""
+
+
+class CertificateError(MtlsAuthError):
+    """A client certificate, private key or CA bundle cannot be used."""
+
+
+class BindingError(MtlsAuthError, ValueError):
+    """A binding (service key, VCAP_SERVICES entry, binding directory) is unusable."""
+
+
+class InsecureTransportError(MtlsAuthError):
+    """A request would expose the bearer token or run without TLS verification."""
+
+
+class TokenError(MtlsAuthError):
+    """No access token could be obtained from the token endpoint."""
+
+
+class TokenRequestError(TokenError):
+    """The token endpoint could not be reached: connection, timeout or TLS failure."""
+
+
+class TokenResponseError(TokenError):
+    """The token endpoint answered with an error or with something that is not a token.
+
+    `status_code` is the HTTP status (or None when the status was fine but the body
+    was not a usable token). `error` and `error_description` are the RFC 6749
+    section 5.2 fields when the server sent them; they are server-chosen strings
+    and are shortened and stripped of control characters before being kept.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error = error
+        self.error_description = error_description
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_response_error,
+            (str(self), self.status_code, self.error, self.error_description),
+        )
+
+
+def _rebuild_response_error(
+    message: str, status_code: int | None, error: str | None, error_description: str | None
+) -> TokenResponseError:
+    return TokenResponseError(
+        message, status_code=status_code, error=error, error_description=error_description
+    )
