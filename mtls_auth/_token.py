@@ -1,0 +1,543 @@
+"""The token request and response, without I/O.
+
+`TokenSpec` says what to ask for and builds the form body; `parse_token_response`
+turns what came back into a `Token` or a `TokenResponseError`; `fetch_flow` is the
+retry loop as a plain generator that yields an `HttpRequest` (send it, send back
+an `HttpResponse` or a `TransportFailure`) or a float (sleep that long). The sync
+and async drivers in the integration modules differ only in `await`, so the
+retry, backoff and deadline rules live here once.
+
+A `Token` keeps the access token in a slot that no repr, str, pickle or public
+attribute reveals.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import math
+import random
+import re
+import socket
+import ssl
+import time
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
+from urllib.parse import urlencode, urlsplit
+
+from ._errors import BindingError, TokenRequestError, TokenResponseError
+
+__all__ = [
+    "HttpRequest",
+    "HttpResponse",
+    "RetryPolicy",
+    "Token",
+    "TokenSpec",
+    "TransportFailure",
+    "classify_failure",
+    "fetch_flow",
+    "parse_token_response",
+]
+
+logger = logging.getLogger("mtls_auth")
+
+#: Lifetime assumed when the response has neither `expires_in` nor a JWT `exp`.
+DEFAULT_LIFETIME = 300.0
+#: Longest lifetime believed, whatever the server says: a token is re-fetched at
+#: least daily, and an absurd `expires_in` cannot overflow the clock arithmetic.
+MAX_LIFETIME = 86400.0
+#: Largest token response read; a token endpoint has no reason to send more.
+MAX_RESPONSE_BYTES = 1 << 20
+
+_RESERVED_PARAMS = frozenset({"grant_type", "client_id", "client_secret"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _clean(value: object, limit: int = 200) -> str | None:
+    """A server-chosen string made safe for a message: one line, bounded."""
+    if not isinstance(value, str):
+        return None
+    text = _CONTROL.sub(" ", value).strip()
+    return text[:limit] + "…" if len(text) > limit else text
+
+
+# -- what to ask for -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """Everything that identifies a client-credentials token request.
+
+    Two specs that compare equal may share a token; `cache_key` is exactly the
+    token URL, client id, namespace, scope and extra parameters.
+    """
+
+    token_url: str
+    client_id: str
+    namespace: str | None = None
+    scope: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def create(
+        cls,
+        token_url: str,
+        client_id: str,
+        *,
+        namespace: str | None = None,
+        scope: str | Iterable[str] | None = None,
+        params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> TokenSpec:
+        if not isinstance(token_url, str) or not token_url:
+            raise BindingError("token_url must be a non-empty https:// URL")
+        parts = urlsplit(token_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise BindingError(
+                f"token_url must be an https:// URL with a host (got {_clean(token_url)!r}): "
+                "the client certificate and the token only travel over TLS"
+            )
+        if not isinstance(client_id, str) or not client_id:
+            raise BindingError("client_id must be a non-empty string")
+        if scope is not None and not isinstance(scope, str):
+            scope = " ".join(scope)
+        items = tuple((params.items() if isinstance(params, Mapping) else params) or ())
+        for name, value in items:
+            if name in _RESERVED_PARAMS:
+                raise BindingError(
+                    f"params may not set {name!r}: grant_type and client_id are set by "
+                    "mtls-auth, and mTLS authentication never sends a client_secret"
+                )
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise BindingError("params must map strings to strings")
+        return cls(token_url, client_id, namespace or None, scope or None, tuple(items))
+
+    @property
+    def cache_key(self) -> tuple[str, str, str | None, str | None, tuple[tuple[str, str], ...]]:
+        return (self.token_url, self.client_id, self.namespace, self.scope, self.params)
+
+    def form(self) -> list[tuple[str, str]]:
+        fields = [("grant_type", "client_credentials"), ("client_id", self.client_id)]
+        if self.scope is not None:
+            fields.append(("scope", self.scope))
+        if self.namespace is not None:
+            fields.append(("credstore_namespace", self.namespace))
+        fields.extend(self.params)
+        return fields
+
+    def request(self) -> HttpRequest:
+        # urlencode with quote_via=quote_plus: "/", "+", "=", "&", "%" and spaces
+        # in a namespace or client id arrive intact (the Credential Store client
+        # id is base64 and ends in "=").
+        body = urlencode(self.form()).encode("ascii")
+        return HttpRequest(
+            "POST",
+            self.token_url,
+            {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+            body,
+        )
+
+    def __repr__(self) -> str:
+        extra = f" namespace={self.namespace!r}" if self.namespace else ""
+        return f"<TokenSpec {self.token_url} client_id={self.client_id!r}{extra}>"
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """A request for a driver to send. `body` is a form body: never log it."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+    #: Seconds this attempt may take: what is left of the fetch's deadline.
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """What a driver got back. `headers` keys are lower-case."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TransportFailure:
+    """A request that produced no response.
+
+    `kind` is "connect" (refused, reset, DNS), "timeout", "tls_server" (the
+    server's certificate failed verification), "tls_client" (the server rejected
+    our certificate), "too_large" (response over the cap) or "other".
+    """
+
+    kind: str
+    detail: str
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in ("connect", "timeout")
+
+
+# -- the token ---------------------------------------------------------------------
+
+
+class Token:
+    """An access token and when it stops being usable; the value never shows.
+
+    `expires_at` and `issued_at` are readings of the owning cache's clock.
+    """
+
+    __slots__ = ("__weakref__", "_value", "expires_at", "issued_at", "lifetime", "token_type")
+
+    def __init__(
+        self, value: str, *, token_type: str, issued_at: float, lifetime: float
+    ) -> None:
+        self._value = value
+        self.token_type = token_type
+        self.issued_at = issued_at
+        self.lifetime = lifetime
+        self.expires_at = issued_at + lifetime
+
+    def authorization(self) -> str:
+        """The Authorization header value. Internal: the integrations call it."""
+        return "Bearer " + self._value
+
+    def matches(self, authorization: str | None) -> bool:
+        """Whether an Authorization header carried this token."""
+        return authorization == "Bearer " + self._value
+
+    def __repr__(self) -> str:
+        return f"<Token {self.token_type} lifetime={self.lifetime:.0f}s value=[redacted]>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("an access token cannot be pickled: it would leave the process")
+
+
+def _jwt_exp(token: str) -> float | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+        return None
+    return float(exp)
+
+
+def _lifetime(data: Mapping[str, object], access_token: str, url: str) -> float:
+    raw = data.get("expires_in")
+    if raw is None:
+        exp = _jwt_exp(access_token)
+        if exp is not None:
+            return max(0.0, min(exp - time.time(), MAX_LIFETIME))
+        logger.debug("token from %s has no expires_in and no JWT exp; assuming %.0fs",
+                     url, DEFAULT_LIFETIME)
+        return DEFAULT_LIFETIME
+    value: float
+    if isinstance(raw, bool):
+        value = math.nan
+    elif isinstance(raw, (int, float)):
+        value = float(raw)
+    elif isinstance(raw, str):
+        # Some servers send the number as a string; accept digits only.
+        value = float(raw) if raw.strip().isdigit() else math.nan
+    else:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise TokenResponseError(
+            f"token endpoint {url} sent an unusable expires_in "
+            f"({type(raw).__name__} {_clean(str(raw), 40)!r}): expected seconds >= 0"
+        )
+    return min(value, MAX_LIFETIME)
+
+
+def parse_token_response(
+    response: HttpResponse, url: str, *, sent_at: float
+) -> Token:
+    """Turn a token endpoint response into a `Token`, or raise `TokenResponseError`.
+
+    `sent_at` is the cache clock's reading when the request left: lifetimes count
+    from then, which errs on the early side by one round trip.
+    """
+    status = response.status_code
+    content_type = response.headers.get("content-type", "")
+    if len(response.body) > MAX_RESPONSE_BYTES:
+        raise TokenResponseError(
+            f"token endpoint {url} sent a response larger than {MAX_RESPONSE_BYTES} bytes",
+            status_code=status,
+        )
+    try:
+        data = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+
+    if not 200 <= status < 300:
+        error = description = None
+        if isinstance(data, dict):
+            error = _clean(data.get("error"), 80)
+            description = _clean(data.get("error_description"))
+        if error:
+            detail = f"{error}: {description}" if description else error
+        else:
+            kind = "JSON" if data is not None else (content_type.split(";")[0] or "no content type")
+            detail = f"no OAuth error in the {len(response.body)}-byte {kind} body"
+        raise TokenResponseError(
+            f"token endpoint {url} answered HTTP {status} ({detail})",
+            status_code=status,
+            error=error,
+            error_description=description,
+        )
+
+    if data is None:
+        raise TokenResponseError(
+            f"token endpoint {url} answered HTTP {status} with a body that is not JSON "
+            f"({content_type.split(';')[0] or 'no content type'}, {len(response.body)} bytes)",
+            status_code=status,
+        )
+    if not isinstance(data, dict):
+        raise TokenResponseError(
+            f"token endpoint {url} answered with JSON that is not an object "
+            f"(a {type(data).__name__})",
+            status_code=status,
+        )
+    access_token = data.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise TokenResponseError(
+            f"token endpoint {url} answered HTTP {status} without an access_token",
+            status_code=status,
+        )
+    if any(c in access_token for c in "\r\n\0") or not access_token.isascii():
+        raise TokenResponseError(
+            f"token endpoint {url} sent an access_token that cannot go in an HTTP header",
+            status_code=status,
+        )
+    token_type = data.get("token_type", "bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenResponseError(
+            f"token endpoint {url} issued a token of type {_clean(str(token_type), 40)!r}; "
+            "only bearer tokens are supported",
+            status_code=status,
+        )
+    lifetime = _lifetime(data, access_token, url)
+    return Token(access_token, token_type="bearer", issued_at=sent_at, lifetime=lifetime)  # noqa: S106
+
+
+# -- retries -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try the token endpoint before giving up.
+
+    At most `attempts` requests, spaced by exponential backoff with full jitter
+    (`backoff` * 2**n, at most `max_backoff`) or by the server's `Retry-After`
+    (at most `max_retry_after`), all within one deadline: the `timeout` given to
+    the auth object. Connection errors, timeouts, 429 and 5xx are retried;
+    other 4xx and TLS failures are not.
+    """
+
+    attempts: int = 4
+    backoff: float = 0.25
+    max_backoff: float = 4.0
+    max_retry_after: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        ceiling = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        # Full jitter, floored at half, so N processes spread out but still back off.
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+Step = Union[HttpRequest, float]
+Reply = Union[HttpResponse, TransportFailure, None]
+
+
+def fetch_flow(
+    spec: TokenSpec,
+    *,
+    timeout: float,
+    retry: RetryPolicy,
+    clock: Callable[[], float],
+    subject: str,
+    timer: Callable[[], float] = time.monotonic,
+) -> Generator[Step, Reply, Token]:
+    """Fetch one token, with retries, as a generator the drivers run.
+
+    Yields an `HttpRequest` (the driver sends it with a per-attempt timeout of
+    `remaining(...)` and sends back an `HttpResponse` or `TransportFailure`) or a
+    float (the driver sleeps that many seconds and sends back None). Returns the
+    `Token`, or raises `TokenRequestError` / `TokenResponseError`.
+    """
+    deadline = timer() + timeout
+    url = spec.token_url
+    request = spec.request()
+    attempt = 0
+    while True:
+        attempt += 1
+        sent_at = clock()
+        reply = yield replace(request, timeout=max(0.001, deadline - timer()))
+        retry_after: float | None = None
+        error: Exception
+        if isinstance(reply, TransportFailure):
+            error = _transport_error(reply, url, subject)
+            if not reply.retryable:
+                raise error
+        elif isinstance(reply, HttpResponse):
+            if reply.status_code in _RETRY_STATUSES:
+                retry_after = parse_retry_after(reply.headers.get("retry-after"))
+                try:
+                    parse_token_response(reply, url, sent_at=sent_at)
+                except TokenResponseError as exc:
+                    error = exc
+                else:  # pragma: no cover - a 5xx never parses as a token
+                    raise AssertionError("unreachable")
+            else:
+                token = parse_token_response(reply, url, sent_at=sent_at)
+                if attempt > 1:
+                    logger.info("token from %s obtained after %d attempts", url, attempt)
+                return token
+        else:
+            raise TypeError("fetch_flow expects an HttpResponse or a TransportFailure")
+
+        remaining = deadline - timer()
+        if attempt >= retry.attempts:
+            raise _final(error, f"gave up after {attempt} attempts")
+        wait = retry.delay(attempt, retry_after)
+        if wait >= remaining:
+            raise _final(
+                error, f"waiting {wait:.1f}s more would pass the {timeout:g}s deadline"
+            )
+        logger.warning(
+            "token request to %s failed (%s); retry %d/%d in %.2fs",
+            url, _short(error), attempt, retry.attempts - 1, wait,
+        )
+        yield wait
+
+
+def _short(error: Exception) -> str:
+    text = str(error)
+    return text if len(text) <= 160 else text[:160] + "…"
+
+
+def _final(error: Exception, why: str) -> Exception:
+    if isinstance(error, TokenResponseError):
+        final: Exception = TokenResponseError(
+            f"{error} ({why})",
+            status_code=error.status_code,
+            error=error.error,
+            error_description=error.error_description,
+        )
+    else:
+        final = TokenRequestError(f"{error} ({why})")
+    final.__cause__ = error.__cause__ or error
+    return final
+
+
+def _transport_error(failure: TransportFailure, url: str, subject: str) -> TokenRequestError:
+    if failure.kind == "tls_client":
+        message = (
+            f"token endpoint {url} rejected the client certificate {subject!r} during the "
+            f"TLS handshake ({failure.detail}); check that the certificate is the one bound "
+            "to this client id, is not expired or revoked, and is issued by a CA the server trusts"
+        )
+    elif failure.kind == "tls_server":
+        message = (
+            f"could not verify the TLS certificate of token endpoint {url} "
+            f"({failure.detail}); check verify= (CA bundle) and the URL's host name"
+        )
+    elif failure.kind == "timeout":
+        message = f"token request to {url} timed out ({failure.detail})"
+    elif failure.kind == "too_large":
+        message = f"token endpoint {url} sent a response over {MAX_RESPONSE_BYTES} bytes"
+    else:
+        message = f"token request to {url} failed: {failure.detail}"
+    error = TokenRequestError(message)
+    error.__cause__ = failure.exception
+    return error
+
+
+_CLIENT_REJECTED = ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED", "HANDSHAKE_FAILURE")
+
+
+def classify_failure(exc: BaseException, *, timed_out: bool = False) -> TransportFailure:
+    """Sort an HTTP library's exception into a `TransportFailure` kind.
+
+    Searches the cause chain (``__cause__``, ``__context__``, urllib3's
+    ``.reason`` and exceptions passed as arguments) for the `ssl` or socket error
+    underneath, so requests' and httpx's wrappers classify alike. `timed_out` is
+    the library's own verdict, used when nothing more specific is found.
+    """
+    seen: set[int] = set()
+    queue: list[BaseException] = [exc]
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found = _classify_one(current, exc)
+        if found is not None:
+            return found
+        links = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        links.extend(current.args)
+        queue.extend(link for link in links if isinstance(link, BaseException))
+    if timed_out:
+        return TransportFailure("timeout", "no answer in time", exc)
+    return TransportFailure("connect", type(exc).__name__, exc)
+
+
+def _classify_one(current: BaseException, original: BaseException) -> TransportFailure | None:
+    if isinstance(current, ssl.SSLCertVerificationError):
+        detail = current.verify_message or current.reason or "verification failed"
+        return TransportFailure("tls_server", str(detail), original)
+    if isinstance(current, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return TransportFailure("connect", "the TLS connection was closed early", original)
+    if isinstance(current, ssl.SSLError):
+        reason = str(current.reason or "")
+        if "ALERT" in reason and any(word in reason for word in _CLIENT_REJECTED):
+            return TransportFailure("tls_client", f"server sent TLS alert {reason}", original)
+        return TransportFailure(
+            "other", f"TLS error {reason or current.__class__.__name__}", original
+        )
+    if isinstance(current, (socket.timeout, TimeoutError)):
+        return TransportFailure("timeout", "no answer in time", original)
+    if isinstance(current, ConnectionRefusedError):
+        return TransportFailure("connect", "connection refused", original)
+    if isinstance(current, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return TransportFailure("connect", "connection reset by the server", original)
+    if isinstance(current, socket.gaierror):
+        return TransportFailure("connect", "host name could not be resolved", original)
+    return None
