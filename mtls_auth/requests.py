@@ -1,0 +1,299 @@
+"""mtls-auth for `requests`: `MtlsOAuth2` signs requests, `MtlsAdapter` presents the certificate.
+
+::
+
+    import requests
+    from mtls_auth.requests import MtlsOAuth2, MtlsAdapter
+
+    session = requests.Session()
+    session.auth = MtlsOAuth2(token_url, client_id, certificate_pem, key_pem)
+    # for resources that only accept certificate-bound tokens (RFC 8705):
+    session.mount("https://api.example/", MtlsAdapter(certificate_pem, key_pem))
+
+Tokens are fetched over mTLS with an internal, pooled session, cached, and
+refreshed before they expire by exactly one thread while the others go on.
+"""
+
+from __future__ import annotations
+
+try:
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+except ImportError as exc:  # pragma: no cover - exercised by the core-only tox env
+    raise ImportError(
+        "mtls_auth.requests needs requests and urllib3: pip install mtls-auth[requests]"
+    ) from exc
+
+import threading
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Callable
+
+from ._auth import AuthCore, CertificateSource, coerce_certificate
+from ._certificate import ClientCertificate, Verify
+from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
+from ._token import classify_failure as _classify
+
+__all__ = ["MtlsAdapter", "MtlsOAuth2"]
+
+
+class MtlsAdapter(HTTPAdapter):
+    """An `HTTPAdapter` whose connections present a client certificate.
+
+    `verify` (True for the system store, a CA bundle path or CA PEM text) is the
+    only trust anchor: requests' own `verify=`, `REQUESTS_CA_BUNDLE`,
+    `CURL_CA_BUNDLE` and certifi are ignored for URLs this adapter serves, so a
+    private CA is never widened to the public ones, and `verify=False` on a
+    request cannot turn verification off. Works through proxies: the tunnel's
+    TLS to the origin presents the certificate; the proxy never sees it.
+    """
+
+    def __init__(
+        self,
+        certificate: CertificateSource,
+        key: str | bytes | None = None,
+        *,
+        password: str | bytes | None = None,
+        verify: Verify = True,
+        **kwargs: Any,
+    ) -> None:
+        self.certificate = coerce_certificate(certificate, key, password)
+        # One context per adapter: urllib3 mutates the context it is given.
+        self._ssl_context = self.certificate.ssl_context(verify)
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
+        pool_kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(*args, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs["ssl_context"] = self._ssl_context
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests would set ca_certs/cert_reqs on the pool from verify= and the
+        # environment; the adapter's SSLContext already says everything.
+        return None
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:
+        host_params, _ = super().build_connection_pool_key_attributes(request, verify, cert)
+        # No ca_certs / cert_reqs / cert_file: the pool keeps our ssl_context.
+        return host_params, {}
+
+    def __repr__(self) -> str:
+        return f"<MtlsAdapter certificate={self.certificate!r}>"
+
+    def __getstate__(self) -> Any:
+        raise TypeError("MtlsAdapter holds a private key and cannot be pickled")
+
+
+class MtlsOAuth2(requests.auth.AuthBase):
+    """OAuth2 client credentials over mTLS, as a requests `auth=`.
+
+    `certificate` is PEM text (then `key` is the PEM private key) or a
+    `ClientCertificate`. `namespace` becomes the Credential Store form field
+    `credstore_namespace`; `scope` and `params` are added to the token request.
+    `verify` is the trust for the token endpoint. `timeout` bounds one token
+    fetch, retries included. `leeway` is how early a token is refreshed (clamped
+    for short lifetimes). The bearer token only goes over https, to any host or
+    only to `allowed_hosts`; `allow_http_loopback=True` also permits plain http
+    to localhost, for local development.
+
+    On a 401 the token that was used is dropped and the request is sent once
+    more with a new one, when its body can be replayed.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        certificate: CertificateSource,
+        key: str | bytes | None = None,
+        *,
+        password: str | bytes | None = None,
+        namespace: str | None = None,
+        scope: str | Iterable[str] | None = None,
+        params: Mapping[str, str] | None = None,
+        verify: Verify = True,
+        timeout: float = 10.0,
+        leeway: float = 60.0,
+        allowed_hosts: Collection[str] | None = None,
+        allow_http_loopback: bool = False,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._core = AuthCore(
+            token_url,
+            client_id,
+            certificate,
+            key,
+            password=password,
+            namespace=namespace,
+            scope=scope,
+            params=params,
+            verify=verify,
+            timeout=timeout,
+            leeway=leeway,
+            allowed_hosts=allowed_hosts,
+            allow_http_loopback=allow_http_loopback,
+            retry=retry,
+            clock=clock,
+        )
+        self._session_lock = threading.Lock()
+        self._session: requests.Session | None = None
+
+    # -- public, non-secret facts --------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        return self._core.spec.client_id
+
+    @property
+    def token_url(self) -> str:
+        return self._core.spec.token_url
+
+    @property
+    def namespace(self) -> str | None:
+        return self._core.spec.namespace
+
+    @property
+    def certificate(self) -> ClientCertificate:
+        return self._core.certificate
+
+    # -- signing -------------------------------------------------------------------
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        self._core.destinations.check_url(request.url or "")
+        token = self._core.fresh_token() or self._core.token(self._send)
+        request.headers["Authorization"] = token.authorization()
+        request.register_hook("response", self._handle_401)  # type: ignore[no-untyped-call]
+        return request
+
+    def _handle_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        sent = response.request
+        if getattr(sent, "_mtls_auth_retried", False):
+            return response
+        self._core.invalidate(sent.headers.get("Authorization"))
+        if not _rewind(sent):
+            return response
+        # Let the connection go back to the pool before the second attempt.
+        _ = response.content
+        response.close()
+        retry = sent.copy()
+        retry._mtls_auth_retried = True  # type: ignore[attr-defined]
+        requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
+            retry._cookies, sent, response.raw  # type: ignore[attr-defined]
+        )
+        retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
+        self._core.destinations.check_url(retry.url or "")
+        retry.headers["Authorization"] = self._core.token(self._send).authorization()
+        second = response.connection.send(retry, **kwargs)
+        second.history.append(response)
+        second.request = retry
+        return second
+
+    # -- the token endpoint ----------------------------------------------------------
+
+    def _token_session(self) -> requests.Session:
+        session = self._session
+        if session is None:
+            with self._session_lock:
+                session = self._session
+                if session is None:
+                    session = requests.Session()
+                    # No netrc, no REQUESTS_CA_BUNDLE: the adapter's context is the
+                    # whole TLS configuration. Proxies still come from the
+                    # environment, NO_PROXY respected.
+                    session.trust_env = False
+                    session.proxies.update(
+                        requests.utils.get_environ_proxies(self._core.spec.token_url)
+                    )
+                    adapter = MtlsAdapter(self._core.certificate, verify=self._core.verify)
+                    session.mount("https://", adapter)
+                    session.mount("http://", HTTPAdapter(max_retries=0))
+                    self._session = session
+        return session
+
+    def _send(self, request: HttpRequest) -> HttpResponse | TransportFailure:
+        session = self._token_session()
+        try:
+            response = session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=dict(request.headers),
+                timeout=request.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout as exc:
+            return _classify(exc, timed_out=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            return _classify(exc)
+        with response:
+            try:
+                body = _read_capped(response)
+            except requests.Timeout as exc:
+                return _classify(exc, timed_out=True)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                return _classify(exc)
+            if body is None:
+                return TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return HttpResponse(response.status_code, headers, body)
+
+    # -- lifecycle and presentation -------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the internal session used for the token endpoint."""
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> MtlsOAuth2:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<MtlsOAuth2 {self._core.describe()}>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "MtlsOAuth2 holds a private key and an access token and cannot be pickled; "
+            "build a new one in the other process"
+        )
+
+
+def _read_capped(response: requests.Response) -> bytes | None:
+    chunks = []
+    size = 0
+    for chunk in response.iter_content(65536):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rewind(request: requests.PreparedRequest) -> bool:
+    """Whether the request body can be sent again (rewinding a file body)."""
+    body = request.body
+    if body is None or isinstance(body, (bytes, str)):
+        return True
+    position = getattr(request, "_body_position", None)
+    if isinstance(position, int) and hasattr(body, "seek"):
+        try:
+            requests.utils.rewind_body(request)
+        except requests.exceptions.UnrewindableBodyError:
+            return False
+        return True
+    return False
