@@ -230,7 +230,7 @@ def ok(results: list[Result]) -> None:
     assert {r.status for r in results} == {200}, [r.status for r in results]
 
 
-# -- caching and stampedes ------------------------------------------------------------
+# -- caching and stampedes ---------------------------------------------------------------
 
 
 def test_fifty_calls_one_token_request(flavor: Flavor, server: TokenServer) -> None:
@@ -319,7 +319,7 @@ def test_always_401_is_retried_only_once(flavor: Flavor, server: TokenServer) ->
     assert len(server.token_requests) == 2
 
 
-# -- the token request on the wire ------------------------------------------------------------
+# -- the token request on the wire ---------------------------------------------------------------
 
 
 def test_namespace_arrives_exactly(flavor: Flavor, server: TokenServer) -> None:
@@ -345,7 +345,7 @@ def test_client_id_with_base64_characters_arrives_exactly(
     assert server.token_requests[0].client_id == client_id
 
 
-# -- token endpoint faults ------------------------------------------------------------------------
+# -- token endpoint faults ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -437,7 +437,7 @@ def test_wrong_client_id_for_certificate(flavor: Flavor, server: TokenServer) ->
     assert result.error.error == "invalid_client"
 
 
-# -- where the token may go ----------------------------------------------------------------------
+# -- where the token may go ---------------------------------------------------------------
 
 
 def test_plain_http_is_refused(flavor: Flavor, server: TokenServer) -> None:
@@ -457,7 +457,7 @@ def test_allowed_hosts_is_enforced(flavor: Flavor, server: TokenServer) -> None:
     ok([flavor.call(allowed)])
 
 
-# -- secrets ------------------------------------------------------------------------------------------
+# -- secrets ---------------------------------------------------------------
 
 
 def _issued_tokens(server: TokenServer) -> list[str]:
@@ -512,7 +512,7 @@ def test_errors_are_mtls_auth_errors(flavor: Flavor, server: TokenServer) -> Non
     assert isinstance(result.error, MtlsAuthError)
 
 
-# -- the event loop ------------------------------------------------------------------------------------
+# -- the event loop ---------------------------------------------------------------
 
 
 def test_async_refresh_does_not_block_the_event_loop(
@@ -636,7 +636,7 @@ def test_internal_token_client_reuses_its_connection(
         session = auth._session
         assert session is not None
         manager = session.get_adapter(server.token_url).poolmanager
-        (pool,) = [manager.pools[key] for key in manager.pools.keys()]
+        (pool,) = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118 - no __iter__
         assert pool.num_connections == 1  # three fetches, one TLS connection
     assert len(server.token_requests) == 3
     assert len({r.thumbprint for r in server.token_requests}) == 1
