@@ -12,13 +12,23 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Collection, Generator, Iterable, Mapping
-from typing import Callable, Union
+from collections.abc import Awaitable, Collection, Generator, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Union
 from urllib.parse import urlsplit
 
+from ._binding import Binding, BindingInput, BindingSource, discover_token_endpoint
 from ._cache import RefreshPolicy, TokenCache
 from ._certificate import ClientCertificate, Verify
-from ._errors import CertificateError, InsecureTransportError
+from ._errors import (
+    BindingError,
+    CertificateError,
+    InsecureTransportError,
+    TokenError,
+    TokenRequestError,
+    TokenResponseError,
+)
+from ._rotation import CertificateWatch, Loaded
 from ._token import (
     HttpRequest,
     HttpResponse,
@@ -31,12 +41,14 @@ from ._token import (
     fetch_flow,
 )
 
-__all__ = ["AuthCore", "CertificateSource", "coerce_certificate"]
+__all__ = ["AuthCore", "CertificateProvider", "CertificateSource", "coerce_certificate"]
 
 logger = logging.getLogger("mtls_auth")
 
 #: What `certificate=` accepts: PEM text (with `key=`) or a ready ClientCertificate.
 CertificateSource = Union[str, bytes, ClientCertificate]
+#: A callable returning the current certificate, for custom sources (a vault).
+CertificateProvider = Callable[[], ClientCertificate]
 
 SendSync = Callable[[HttpRequest], Union[HttpResponse, TransportFailure]]
 SendAsync = Callable[[HttpRequest], Awaitable[Union[HttpResponse, TransportFailure]]]
@@ -134,14 +146,34 @@ class _Destinations:
         )
 
 
+@dataclass(frozen=True)
+class _State:
+    """Everything that changes together when the certificate rotates."""
+
+    certificate: ClientCertificate
+    spec: TokenSpec
+    generation: int
+
+    @property
+    def key(self) -> Hashable:
+        return (self.spec.cache_key, self.certificate.thumbprint)
+
+
 class AuthCore:
-    """Certificate, token request, cache and destination policy of one auth object."""
+    """Certificate, token request, cache and destination policy of one auth object.
+
+    `certificate` is PEM text (with `key`), a `ClientCertificate`, or a
+    provider callable returning a fresh `ClientCertificate` (a vault, say). A
+    core built by `from_binding` on a file or directory re-reads it when it
+    changes. The certificate, the token request and the generation number
+    change together, in one attribute assignment (`_state`).
+    """
 
     def __init__(
         self,
         token_url: str,
         client_id: str,
-        certificate: CertificateSource,
+        certificate: CertificateSource | CertificateProvider,
         key: str | bytes | None = None,
         *,
         password: str | bytes | None = None,
@@ -155,13 +187,33 @@ class AuthCore:
         allow_http_loopback: bool = False,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
+        _source: BindingSource | None = None,
+        _binding: Binding | None = None,
     ) -> None:
         if not timeout or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
-        self.spec = TokenSpec.create(
+        provider: CertificateProvider | None = None
+        if callable(certificate) and not isinstance(certificate, ClientCertificate):
+            if key is not None or password is not None:
+                raise CertificateError("key= and password= do not apply to a provider callable")
+            provider = certificate
+            first = provider()
+            if not isinstance(first, ClientCertificate):
+                raise CertificateError(
+                    "the certificate provider must return a ClientCertificate, "
+                    f"not {type(first).__name__}"
+                )
+            cert = first
+        else:
+            cert = coerce_certificate(certificate, key, password)
+        self._scope = scope
+        self._params = params
+        self._namespace = namespace
+        self._token_url_override: str | None = None
+        spec = TokenSpec.create(
             token_url, client_id, namespace=namespace, scope=scope, params=params
         )
-        self.certificate = coerce_certificate(certificate, key, password)
+        self._state = _State(cert, spec, 0)
         self.verify = verify
         self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
@@ -171,19 +223,136 @@ class AuthCore:
             wait_timeout=self.timeout * 2 + 5,
         )
         self.destinations = _Destinations(allowed_hosts, allow_http_loopback)
-        self._key = (self.spec.cache_key, self.certificate.thumbprint)
+        self.watch: CertificateWatch | None = None
+        if provider is not None or (_source is not None and _source.rereadable):
+            self.watch = CertificateWatch(
+                Loaded(cert, _binding), source=_source, provider=provider
+            )
+
+    @classmethod
+    def from_binding(
+        cls,
+        binding: BindingInput,
+        *,
+        namespace: str | None = None,
+        verify: Verify = True,
+        discover: bool = False,
+        **kwargs: Any,
+    ) -> AuthCore:
+        """A core configured from an XSUAA or Credential Store binding."""
+        source = BindingSource.from_input(binding)
+        parsed = source.read()
+        if parsed.needs_namespace and not namespace:
+            raise BindingError(
+                f"the Credential Store binding in {parsed.source} needs namespace=: tokens "
+                "are issued per namespace (the form field credstore_namespace)"
+            )
+        certificate = ClientCertificate.from_pem(parsed.certificate, parsed.key)
+        token_url = parsed.token_url
+        if discover:
+            base = parsed.url or token_url.rsplit("/oauth/token", 1)[0]
+            token_url = discover_token_endpoint(
+                base, certificate.ssl_context(verify), timeout=kwargs.get("timeout", 10.0)
+            )
+        core = cls(
+            token_url,
+            parsed.client_id,
+            certificate,
+            namespace=namespace,
+            verify=verify,
+            _source=source,
+            _binding=parsed,
+            **kwargs,
+        )
+        if discover:
+            core._token_url_override = token_url
+        core.binding = parsed
+        return core
+
+    binding: Binding | None = None
+
+    # -- the current state ---------------------------------------------------------
+
+    @property
+    def certificate(self) -> ClientCertificate:
+        return self._state.certificate
+
+    @property
+    def spec(self) -> TokenSpec:
+        return self._state.spec
+
+    @property
+    def generation(self) -> int:
+        """Bumped whenever the certificate rotates: internal clients rebuild."""
+        return self._state.generation
+
+    def _rotate(self, *, force: bool = False) -> bool:
+        """Check for a rotated certificate; True if the state changed."""
+        watch = self.watch
+        if watch is None:
+            return False
+        loaded = watch.poll(force=force)
+        if loaded is None:
+            return False
+        state = self._state
+        spec = state.spec
+        if loaded.binding is not None:
+            self.binding = loaded.binding
+            spec = TokenSpec.create(
+                self._token_url_override or loaded.binding.token_url,
+                loaded.binding.client_id,
+                namespace=self._namespace,
+                scope=self._scope,
+                params=self._params,
+            )
+        self._state = _State(loaded.certificate, spec, state.generation + 1)
+        # Tokens were bound to the old certificate: drop them. Requests already
+        # in flight finish with what they have.
+        self.cache.clear()
+        return True
 
     # -- tokens ----------------------------------------------------------------------
 
+    def fresh_token(self) -> Token | None:
+        """The cached token if it is fresh and no rotation check is due (hot path)."""
+        watch = self.watch
+        if watch is not None and watch.due():
+            return None
+        return self.cache.current(self._state.key)
+
     def token(self, send: SendSync) -> Token:
-        return self.cache.get(self._key, lambda: self._fetch_sync(send))
+        self._rotate()
+        state = self._state
+        try:
+            return self.cache.get(state.key, lambda: self._fetch_sync(send, state))
+        except TokenError as exc:
+            if not _rejected(exc):
+                raise
+            self._rotate(force=True)
+            if self._state is state:
+                raise
+        state = self._state
+        logger.info("retrying the token request with the rotated certificate")
+        return self.cache.get(state.key, lambda: self._fetch_sync(send, state))
 
     async def atoken(self, send: SendAsync) -> Token:
-        return await self.cache.aget(self._key, lambda: self._fetch_async(send))
-
-    def fresh_token(self) -> Token | None:
-        """The cached token if it is fresh: the lock-free hot path."""
-        return self.cache.current(self._key)
+        loop = asyncio.get_running_loop()
+        watch = self.watch
+        if watch is not None and watch.due():
+            # stat() and file reads stay off the event loop.
+            await loop.run_in_executor(None, self._rotate)
+        state = self._state
+        try:
+            return await self.cache.aget(state.key, lambda: self._fetch_async(send, state))
+        except TokenError as exc:
+            if not _rejected(exc) or watch is None:
+                raise
+            await loop.run_in_executor(None, lambda: self._rotate(force=True))
+            if self._state is state:
+                raise
+        state = self._state
+        logger.info("retrying the token request with the rotated certificate")
+        return await self.cache.aget(state.key, lambda: self._fetch_async(send, state))
 
     def invalidate(self, authorization: str | None) -> None:
         """Forget the token that produced a 401, if it is still the current one."""
@@ -191,18 +360,19 @@ class AuthCore:
         if entry is not None and entry[1].matches(authorization):
             self.cache.invalidate(entry[1])
 
-    def _flow(self) -> Generator[Step, Reply, Token]:
-        logger.debug("requesting a token from %s for %r", self.spec.token_url, self.spec.client_id)
+    def _flow(self, state: _State) -> Generator[Step, Reply, Token]:
+        spec = state.spec
+        logger.debug("requesting a token from %s for %r", spec.token_url, spec.client_id)
         return fetch_flow(
-            self.spec,
+            state.spec,
             timeout=self.timeout,
             retry=self.retry,
             clock=self.cache.clock,
-            subject=self.certificate.subject,
+            subject=state.certificate.subject,
         )
 
-    def _fetch_sync(self, send: SendSync) -> Token:
-        flow = self._flow()
+    def _fetch_sync(self, send: SendSync, state: _State) -> Token:
+        flow = self._flow(state)
         step = next(flow)
         while True:
             if isinstance(step, HttpRequest):
@@ -216,8 +386,8 @@ class AuthCore:
                 token: Token = done.value
                 return token
 
-    async def _fetch_async(self, send: SendAsync) -> Token:
-        flow = self._flow()
+    async def _fetch_async(self, send: SendAsync, state: _State) -> Token:
+        flow = self._flow(state)
         step = next(flow)
         while True:
             if isinstance(step, HttpRequest):
@@ -244,8 +414,18 @@ class AuthCore:
                 if left > 0
                 else f"expired {-left:.0f}s ago"
             )
-        namespace = f" namespace={self.spec.namespace!r}" if self.spec.namespace else ""
+        spec = self.spec
+        namespace = f" namespace={spec.namespace!r}" if spec.namespace else ""
         return (
-            f"client_id={self.spec.client_id!r} token_url={self.spec.token_url!r}"
+            f"client_id={spec.client_id!r} token_url={spec.token_url!r}"
             f"{namespace} token={token_state}"
         )
+
+
+def _rejected(exc: TokenError) -> bool:
+    """Did the token endpoint refuse our certificate (the sign of a rotation)?"""
+    if isinstance(exc, TokenRequestError):
+        return exc.kind == "tls_client"
+    if isinstance(exc, TokenResponseError):
+        return exc.status_code == 401 or exc.error == "invalid_client"
+    return False

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import threading
 import time
@@ -111,6 +112,10 @@ class _Flight:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, token, error)
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     def result(self) -> Token:
         if self.error is not None:
             raise self.error
@@ -124,7 +129,7 @@ class _Flight:
             )
         return self.result()
 
-    async def wait_async(self) -> Token:
+    async def wait_async(self, timeout: float) -> Token:
         loop = asyncio.get_running_loop()
         with self._lock:
             if not self._done:
@@ -133,7 +138,12 @@ class _Flight:
             else:
                 return self.result()
         # A waiter cancelled here only drops its own future; the fetch goes on.
-        return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TokenRequestError(
+                f"gave up after {timeout:.0f}s waiting for a token fetch in progress elsewhere"
+            ) from None
 
 
 def _resolve(
@@ -215,7 +225,12 @@ class TokenCache:
                     # A sync client used inside the very event loop that runs the
                     # fetch: waiting would block that loop forever. Fetch alone.
                     return fetch()
-                token = flight.wait(self.wait_timeout)
+                try:
+                    token = flight.wait(self.wait_timeout)
+                except Exception:
+                    if flight.key == key:
+                        raise
+                    continue  # another key's fetch failed: not ours to report
                 if flight.key == key:
                     return token
                 continue
@@ -246,7 +261,12 @@ class TokenCache:
                 return fallback
             assert flight is not None
             if action == "wait":
-                token = await flight.wait_async()
+                try:
+                    token = await flight.wait_async(self.wait_timeout)
+                except Exception:
+                    if flight.key == key:
+                        raise
+                    continue  # another key's fetch failed: not ours to report
                 if flight.key == key:
                     return token
                 continue
@@ -255,6 +275,10 @@ class TokenCache:
             # from reaching it.
             task = loop.create_task(self._run_async(flight, key, fetch, fallback))
             flight.task = task
+            # A task cancelled before its first step never runs _run_async's
+            # except clause (asyncio.run cancels leftovers on exit): settle the
+            # flight from here, or every later caller would wait on it.
+            task.add_done_callback(functools.partial(self._settle, flight))
             return await asyncio.shield(task)
 
     async def _run_async(
@@ -295,6 +319,14 @@ class TokenCache:
                 return "wait", flight, None
             self._flight = _Flight(key, loop)
             return "fetch", self._flight, None
+
+    def _settle(self, flight: _Flight, task: asyncio.Future[Token]) -> None:
+        if flight.done:
+            return
+        with self._lock:
+            if self._flight is flight:
+                self._flight = None
+        flight.finish(error=asyncio.CancelledError() if task.cancelled() else task.exception())
 
     def _store(self, flight: _Flight, key: Hashable, token: Token) -> None:
         with self._lock:

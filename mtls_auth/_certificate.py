@@ -55,7 +55,7 @@ _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",
     re.DOTALL,
 )
-_CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"})
+_CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE"})
 _KEY_LABELS = frozenset(
     {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
 )
@@ -72,6 +72,7 @@ def _as_pem_bytes(value: str | bytes, what: str) -> bytes:
         try:
             data = value.encode("ascii")
         except UnicodeEncodeError:
+            del value  # keep the text out of the traceback's frame locals
             raise CertificateError(f"the {what} is not PEM: it contains non-ASCII text") from None
     elif isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
@@ -90,40 +91,58 @@ def _blocks(data: bytes) -> list[tuple[bytes, bytes]]:
     return [(m.group(1), m.group(0) + b"\n") for m in _PEM_BLOCK.finditer(data)]
 
 
-def _load_key(block: bytes, label: bytes, password: bytes | None) -> PrivateKeyTypes:
+class _Secret:
+    """Key material on its way to cryptography; its repr shows nothing.
+
+    Error reporters that capture frame locals (Sentry, rich tracebacks) see
+    `<redacted>` instead of the PEM or the password in mtls-auth's frames.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("key material cannot be pickled")
+
+
+def _load_key(block: _Secret, label: bytes, password: _Secret | None) -> PrivateKeyTypes:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
+    encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block.value
     if encrypted and password is None:
         raise CertificateError(
             "the private key is encrypted but no password was given: pass password="
         )
+    failure: str | None = None
     try:
-        return load_pem_private_key(block, password if encrypted else None)
-    except UnsupportedAlgorithm as exc:
-        raise CertificateError(
-            f"the private key uses an algorithm this OpenSSL build cannot load ({label.decode()})"
-        ) from exc
-    except (ValueError, TypeError) as exc:
+        return load_pem_private_key(
+            block.value, password.value if encrypted and password is not None else None
+        )
+    except UnsupportedAlgorithm:
+        failure = (
+            "the private key uses an algorithm this OpenSSL build cannot load "
+            f"({label.decode()})"
+        )
+    except (ValueError, TypeError):
         if encrypted:
             # cryptography says "Bad decrypt. Incorrect password?" for a wrong
             # password; a corrupted encrypted blob fails the same way.
-            raise CertificateError(
+            failure = (
                 "the password for the private key is wrong (or the encrypted key is corrupt)"
-            ) from _scrubbed(exc)
-        raise CertificateError(
-            f"the private key is not valid PEM ({label.decode()}): it could not be decoded"
-        ) from _scrubbed(exc)
-
-
-def _scrubbed(exc: BaseException) -> CertificateError:
-    """A stand-in cause that keeps the exception type but none of its text.
-
-    cryptography's messages are generic, but OpenSSL's error queue can echo parts
-    of the input; nothing derived from key bytes belongs in a traceback.
-    """
-    return CertificateError(f"{type(exc).__name__} raised while decoding the private key")
+            )
+        else:
+            failure = (
+                f"the private key is not valid PEM ({label.decode()}): it could not be decoded"
+            )
+    # Raised outside the except clause on purpose: cryptography's exception (and
+    # OpenSSL's error queue behind it) stays out of __context__ and tracebacks.
+    raise CertificateError(failure)
 
 
 def _load_certificates(blocks: list[bytes]) -> list[x509.Certificate]:
@@ -230,9 +249,15 @@ class ClientCertificate:
         logger.
         """
         cert_data = _as_pem_bytes(certificate, "certificate")
-        key_data = _as_pem_bytes(key, "private key")
-        if isinstance(password, str):
-            password = password.encode("utf-8")
+        key_data = _Secret(_as_pem_bytes(key, "private key"))
+        secret_password = (
+            None
+            if password is None
+            else _Secret(password.encode("utf-8") if isinstance(password, str) else password)
+        )
+        # From here on the key and the password live only in _Secret holders, so
+        # a traceback's captured locals show nothing of them.
+        del key, password
 
         cert_blocks = _blocks(cert_data)
         if not cert_blocks:
@@ -245,7 +270,7 @@ class ClientCertificate:
             raise CertificateError(
                 f"no certificate found in the certificate PEM (it holds: {labels})"
             )
-        key_blocks = _blocks(key_data)
+        key_blocks = [(label, _Secret(block)) for label, block in _blocks(key_data.value)]
         if not key_blocks:
             raise CertificateError(
                 "the private key is not PEM: no '-----BEGIN ... PRIVATE KEY-----' block found"
@@ -260,7 +285,8 @@ class ClientCertificate:
             )
 
         label, block = keys_pem[0]
-        private_key = _load_key(block, label, password)
+        private_key = _load_key(block, label, secret_password)
+        del key_data, key_blocks, keys_pem, block
         certs = _load_certificates(certs_pem)
 
         key_spki = _spki(private_key.public_key())
@@ -314,6 +340,9 @@ class ClientCertificate:
         return self
 
     def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ClientCertificate is immutable")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("ClientCertificate is immutable")
 
     # -- public, non-secret facts ------------------------------------------------
@@ -400,6 +429,11 @@ class ClientCertificate:
             raise CertificateError(
                 f"OpenSSL refused the client certificate {self.subject!r}: "
                 f"{_explain_ssl_error(exc)}"
+            ) from exc
+        except OSError as exc:
+            raise CertificateError(
+                f"could not hand the client certificate {self.subject!r} to OpenSSL: "
+                f"{exc.strerror or exc}"
             ) from exc
 
     # -- no secrets out ------------------------------------------------------------
@@ -492,7 +526,7 @@ def build_ssl_context(verify: Verify = True) -> ssl.SSLContext:
 
 def _load_trust(context: ssl.SSLContext, verify: str | bytes | os.PathLike[str]) -> None:
     text: str | None = None
-    if isinstance(verify, bytes):
+    if isinstance(verify, bytes) and b"-----BEGIN" in verify:
         text = verify.decode("ascii", errors="replace")
     elif isinstance(verify, str) and "-----BEGIN" in verify:
         text = verify
@@ -503,13 +537,13 @@ def _load_trust(context: ssl.SSLContext, verify: str | bytes | os.PathLike[str])
                 raise CertificateError("verify= PEM text holds no CERTIFICATE block")
             context.load_verify_locations(cadata=text)
             return
-        path = os.fspath(verify)
-        if not isinstance(path, str):
-            raise CertificateError("verify= path must be text")
+        path = os.fsdecode(os.fspath(verify))
         if os.path.isdir(path):
             context.load_verify_locations(capath=path)
         elif os.path.isfile(path):
             context.load_verify_locations(cafile=path)
+        elif os.path.exists(path):
+            raise CertificateError(f"verify= CA bundle {path!r} is not a regular file")
         else:
             raise CertificateError(f"verify= CA bundle {path!r} does not exist")
     except ssl.SSLError as exc:

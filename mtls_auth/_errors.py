@@ -55,7 +55,19 @@ class TokenError(MtlsAuthError):
 
 
 class TokenRequestError(TokenError):
-    """The token endpoint could not be reached: connection, timeout or TLS failure."""
+    """The token endpoint could not be reached: connection, timeout or TLS failure.
+
+    `kind` says which: ``"connect"``, ``"timeout"``, ``"tls_server"`` (the
+    server's certificate failed verification), ``"tls_client"`` (the server
+    rejected ours), ``"too_large"`` or ``"other"``; None when not known.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_request_error, (str(self), self.kind))
 
 
 class TokenResponseError(TokenError):
@@ -93,3 +105,7 @@ def _rebuild_response_error(
     return TokenResponseError(
         message, status_code=status_code, error=error, error_description=error_description
     )
+
+
+def _rebuild_request_error(message: str, kind: str | None) -> TokenRequestError:
+    return TokenRequestError(message, kind=kind)

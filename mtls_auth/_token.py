@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import email.utils
 import json
 import logging
@@ -54,14 +55,20 @@ MAX_LIFETIME = 86400.0
 MAX_RESPONSE_BYTES = 1 << 20
 
 _RESERVED_PARAMS = frozenset({"grant_type", "client_id", "client_secret"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_SPACES = re.compile(r" {2,}")
 
 
 def _clean(value: object, limit: int = 200) -> str | None:
-    """A server-chosen string made safe for a message: one line, bounded."""
+    """A server-chosen string made safe for a message: one line, bounded.
+
+    Every non-printable character (C0 and C1 controls, terminal escapes, line
+    and paragraph separators, format characters) becomes a space.
+    """
     if not isinstance(value, str):
         return None
-    text = _CONTROL.sub(" ", value).strip()
+    text = "".join(c if c.isprintable() else " " for c in value[: limit * 4])
+    text = _SPACES.sub(" ", text).strip()
     return text[:limit] + "…" if len(text) > limit else text
 
 
@@ -251,11 +258,18 @@ def _lifetime(data: Mapping[str, object], access_token: str, url: str) -> float:
     value: float
     if isinstance(raw, bool):
         value = math.nan
-    elif isinstance(raw, (int, float)):
-        value = float(raw)
+    elif isinstance(raw, int):
+        value = float(min(raw, int(MAX_LIFETIME) + 1)) if raw >= 0 else -1.0
+    elif isinstance(raw, float):
+        value = raw
     elif isinstance(raw, str):
-        # Some servers send the number as a string; accept digits only.
-        value = float(raw) if raw.strip().isdigit() else math.nan
+        # Some servers send the number as a string; accept ASCII digits only.
+        digits = raw.strip()
+        if not _DIGITS.fullmatch(digits):
+            value = math.nan
+        else:
+            # int() refuses > 4300 digits; anything over 12 is "huge" anyway.
+            value = MAX_LIFETIME if len(digits) > 12 else float(digits)
     else:
         value = math.nan
     if not math.isfinite(value) or value < 0:
@@ -369,14 +383,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DIGITS.fullmatch(value):
+        return 86400.0 if len(value) > 6 else float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
-        return None
+        if "," in value:
+            return None  # an IMF-fixdate without "GMT" is malformed
+        # The asctime form carries no zone; HTTP dates are GMT by definition.
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
@@ -462,7 +479,7 @@ def _final(error: Exception, why: str) -> Exception:
             error_description=error.error_description,
         )
     else:
-        final = TokenRequestError(f"{error} ({why})")
+        final = TokenRequestError(f"{error} ({why})", kind=getattr(error, "kind", None))
     final.__cause__ = error.__cause__ or error
     return final
 
@@ -485,7 +502,7 @@ def _transport_error(failure: TransportFailure, url: str, subject: str) -> Token
         message = f"token endpoint {url} sent a response over {MAX_RESPONSE_BYTES} bytes"
     else:
         message = f"token request to {url} failed: {failure.detail}"
-    error = TokenRequestError(message)
+    error = TokenRequestError(message, kind=failure.kind)
     error.__cause__ = failure.exception
     return error
 
@@ -520,13 +537,19 @@ def classify_failure(exc: BaseException, *, timed_out: bool = False) -> Transpor
 
 
 def _classify_one(current: BaseException, original: BaseException) -> TransportFailure | None:
+    # verify_message and reason exist only on errors raised by the C _ssl
+    # module; ssl.CertificateError or pyopenssl's SSLError built in Python lack them.
     if isinstance(current, ssl.SSLCertVerificationError):
-        detail = current.verify_message or current.reason or "verification failed"
+        detail = (
+            getattr(current, "verify_message", None)
+            or getattr(current, "reason", None)
+            or "verification failed"
+        )
         return TransportFailure("tls_server", str(detail), original)
     if isinstance(current, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return TransportFailure("connect", "the TLS connection was closed early", original)
     if isinstance(current, ssl.SSLError):
-        reason = str(current.reason or "")
+        reason = str(getattr(current, "reason", None) or "")
         if "ALERT" in reason and any(word in reason for word in _CLIENT_REJECTED):
             return TransportFailure("tls_client", f"server sent TLS alert {reason}", original)
         return TransportFailure(

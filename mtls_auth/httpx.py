@@ -31,7 +31,8 @@ import weakref
 from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Mapping
 from typing import Any, Callable
 
-from ._auth import AuthCore, CertificateSource, coerce_certificate
+from ._auth import AuthCore, CertificateProvider, CertificateSource, coerce_certificate
+from ._binding import BindingInput, kubernetes_binding_path, select_vcap_service
 from ._certificate import ClientCertificate, Verify
 from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
 from ._token import classify_failure as _classify
@@ -39,12 +40,14 @@ from ._token import classify_failure as _classify
 __all__ = ["AsyncMtlsTransport", "MtlsOAuth2", "MtlsTransport"]
 
 
-class MtlsTransport(httpx.HTTPTransport):
-    """An `httpx.HTTPTransport` whose connections present a client certificate.
+class MtlsTransport(httpx.BaseTransport):
+    """An httpx transport whose connections present a client certificate.
 
     `verify` (True for the system store, a CA bundle path or CA PEM text) is the
     only trust anchor. Other keyword arguments (`http2`, `retries`, `limits`,
-    `proxy`, ...) go to `httpx.HTTPTransport`.
+    `proxy`, ...) go to the `httpx.HTTPTransport` underneath. A transport made
+    by `MtlsOAuth2.transport()` follows that auth's certificate rotations: new
+    connections use the new certificate, requests in flight finish on theirs.
     """
 
     def __init__(
@@ -57,7 +60,39 @@ class MtlsTransport(httpx.HTTPTransport):
         **kwargs: Any,
     ) -> None:
         self.certificate = coerce_certificate(certificate, key, password)
-        super().__init__(verify=self.certificate.ssl_context(verify), **kwargs)
+        self._verify = verify
+        self._kwargs = kwargs
+        self._follow: AuthCore | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._retired: list[httpx.HTTPTransport] = []
+        self._transport = self._build()
+
+    def _build(self) -> httpx.HTTPTransport:
+        # One SSLContext per transport: httpcore mutates the context it is given.
+        context = self.certificate.ssl_context(self._verify)
+        return httpx.HTTPTransport(verify=context, **self._kwargs)
+
+    def _current(self) -> httpx.HTTPTransport:
+        follow = self._follow
+        if follow is not None and follow.generation != self._generation:
+            with self._lock:
+                if follow.generation != self._generation:
+                    generation, certificate = follow.generation, follow.certificate
+                    self.certificate = certificate
+                    self._retired.append(self._transport)
+                    self._transport = self._build()
+                    self._generation = generation
+        return self._transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._current().handle_request(request)
+
+    def close(self) -> None:
+        with self._lock:
+            transports, self._retired = [*self._retired, self._transport], []
+        for transport in transports:
+            transport.close()
 
     def __repr__(self) -> str:
         return f"<MtlsTransport certificate={self.certificate!r}>"
@@ -66,10 +101,11 @@ class MtlsTransport(httpx.HTTPTransport):
         raise TypeError("MtlsTransport holds a private key and cannot be pickled")
 
 
-class AsyncMtlsTransport(httpx.AsyncHTTPTransport):
-    """An `httpx.AsyncHTTPTransport` whose connections present a client certificate.
+class AsyncMtlsTransport(httpx.AsyncBaseTransport):
+    """An async httpx transport whose connections present a client certificate.
 
-    The async twin of `MtlsTransport`, with the same arguments.
+    The async twin of `MtlsTransport`, with the same arguments; made by
+    `MtlsOAuth2.async_transport()` it follows the auth's certificate rotations.
     """
 
     def __init__(
@@ -82,7 +118,43 @@ class AsyncMtlsTransport(httpx.AsyncHTTPTransport):
         **kwargs: Any,
     ) -> None:
         self.certificate = coerce_certificate(certificate, key, password)
-        super().__init__(verify=self.certificate.ssl_context(verify), **kwargs)
+        self._verify = verify
+        self._kwargs = kwargs
+        self._follow: AuthCore | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._retired: list[httpx.AsyncHTTPTransport] = []
+        self._transport = self._build()
+
+    def _build(self) -> httpx.AsyncHTTPTransport:
+        return httpx.AsyncHTTPTransport(
+            verify=self.certificate.ssl_context(self._verify), **self._kwargs
+        )
+
+    async def _current(self) -> httpx.AsyncHTTPTransport:
+        follow = self._follow
+        if follow is not None and follow.generation != self._generation:
+            # Building the context loads a key: keep it off the event loop.
+            loop = asyncio.get_running_loop()
+            certificate = follow.certificate
+            generation = follow.generation
+            context = await loop.run_in_executor(None, certificate.ssl_context, self._verify)
+            with self._lock:
+                if generation != self._generation:
+                    self.certificate = certificate
+                    self._retired.append(self._transport)
+                    self._transport = httpx.AsyncHTTPTransport(verify=context, **self._kwargs)
+                    self._generation = generation
+        return self._transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await (await self._current()).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            transports, self._retired = [*self._retired, self._transport], []
+        for transport in transports:
+            await transport.aclose()
 
     def __repr__(self) -> str:
         return f"<AsyncMtlsTransport certificate={self.certificate!r}>"
@@ -109,7 +181,7 @@ class MtlsOAuth2(httpx.Auth):
         self,
         token_url: str,
         client_id: str,
-        certificate: CertificateSource,
+        certificate: CertificateSource | CertificateProvider,
         key: str | bytes | None = None,
         *,
         password: str | bytes | None = None,
@@ -124,7 +196,7 @@ class MtlsOAuth2(httpx.Auth):
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._core = AuthCore(
+        core = AuthCore(
             token_url,
             client_id,
             certificate,
@@ -141,11 +213,70 @@ class MtlsOAuth2(httpx.Auth):
             retry=retry,
             clock=clock,
         )
+        self._setup(core)
+
+    def _setup(self, core: AuthCore) -> None:
+        self._core = core
         self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
+        self._client: tuple[int, httpx.Client] | None = None
+        self._retired: list[httpx.Client] = []
         self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, httpx.AsyncClient
+            asyncio.AbstractEventLoop, tuple[int, httpx.AsyncClient]
         ] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_binding(
+        cls,
+        binding: BindingInput,
+        *,
+        namespace: str | None = None,
+        verify: Verify = True,
+        discover: bool = False,
+        **kwargs: Any,
+    ) -> MtlsOAuth2:
+        """An auth configured from an XSUAA or Credential Store binding.
+
+        `binding` is a mapping, JSON text, or the path of a service-key file or
+        a Kubernetes binding directory; a file or directory is re-read when it
+        changes, so a rotated certificate is picked up without a restart.
+        `namespace` is required for Credential Store. `discover=True` resolves
+        the token endpoint from ``/.well-known/openid-configuration``
+        (``mtls_endpoint_aliases``). Other keyword arguments are those of the
+        constructor.
+        """
+        self = cls.__new__(cls)
+        self._setup(
+            AuthCore.from_binding(
+                binding, namespace=namespace, verify=verify, discover=discover, **kwargs
+            )
+        )
+        return self
+
+    @classmethod
+    def from_vcap_services(
+        cls, label: str = "xsuaa", name: str | None = None, **kwargs: Any
+    ) -> MtlsOAuth2:
+        """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
+        return cls.from_binding(select_vcap_service(label, name), **kwargs)
+
+    @classmethod
+    def from_kubernetes(
+        cls, name: str | None = None, label: str | None = None, **kwargs: Any
+    ) -> MtlsOAuth2:
+        """An auth from a Kubernetes binding under `$SERVICE_BINDING_ROOT` (or legacy)."""
+        return cls.from_binding(kubernetes_binding_path(name, label), **kwargs)
+
+    def transport(self, **kwargs: Any) -> MtlsTransport:
+        """An `MtlsTransport` presenting this auth's certificate, following its rotations."""
+        transport = MtlsTransport(self._core.certificate, verify=self._core.verify, **kwargs)
+        transport._follow, transport._generation = self._core, self._core.generation
+        return transport
+
+    def async_transport(self, **kwargs: Any) -> AsyncMtlsTransport:
+        """An `AsyncMtlsTransport` presenting this auth's certificate, following rotations."""
+        transport = AsyncMtlsTransport(self._core.certificate, verify=self._core.verify, **kwargs)
+        transport._follow, transport._generation = self._core, self._core.generation
+        return transport
 
     # -- public, non-secret facts --------------------------------------------------
 
@@ -206,30 +337,34 @@ class MtlsOAuth2(httpx.Auth):
         return self._core.certificate.ssl_context(self._core.verify)
 
     def _token_client(self) -> httpx.Client:
-        client = self._client
-        if client is None:
+        generation = self._core.generation
+        current = self._client
+        if current is None or current[0] != generation:
             with self._lock:
-                client = self._client
-                if client is None:
-                    client = self._client = httpx.Client(
-                        verify=self._ssl_context(), follow_redirects=False
-                    )
-        return client
+                current = self._client
+                if current is None or current[0] != generation:
+                    if current is not None:
+                        # A fetch may still be using it; closed with the auth.
+                        self._retired.append(current[1])
+                    client = httpx.Client(verify=self._ssl_context(), follow_redirects=False)
+                    current = self._client = (generation, client)
+        return current[1]
 
     async def _async_token_client(self) -> httpx.AsyncClient:
         # AsyncClient connections belong to the loop that opened them, so each
         # event loop gets its own client. Loading the key and the CA store takes
         # milliseconds of CPU: done in a worker thread, not on the loop.
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
+        generation = self._core.generation
+        current = self._async_clients.get(loop)
+        if current is None or current[0] != generation:
             context = await loop.run_in_executor(None, self._ssl_context)
             with self._lock:
-                client = self._async_clients.get(loop)
-                if client is None:
+                current = self._async_clients.get(loop)
+                if current is None or current[0] != generation:
                     client = httpx.AsyncClient(verify=context, follow_redirects=False)
-                    self._async_clients[loop] = client
-        return client
+                    current = self._async_clients[loop] = (generation, client)
+        return current[1]
 
     def _send(self, request: HttpRequest) -> HttpResponse | TransportFailure:
         client = self._token_client()
@@ -278,17 +413,20 @@ class MtlsOAuth2(httpx.Auth):
     def close(self) -> None:
         """Close the internal sync client used for the token endpoint."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
+            current, self._client = self._client, None
+            clients, self._retired = list(self._retired), []
+        if current is not None:
+            clients.append(current[1])
+        for client in clients:
             client.close()
 
     async def aclose(self) -> None:
         """Close the internal clients: the current loop's async one and the sync one."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._async_clients.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+            current = self._async_clients.pop(loop, None)
+        if current is not None:
+            await current[1].aclose()
         self.close()
 
     def __enter__(self) -> MtlsOAuth2:

@@ -29,7 +29,8 @@ import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Callable
 
-from ._auth import AuthCore, CertificateSource, coerce_certificate
+from ._auth import AuthCore, CertificateProvider, CertificateSource, coerce_certificate
+from ._binding import BindingInput, kubernetes_binding_path, select_vcap_service
 from ._certificate import ClientCertificate, Verify
 from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
 from ._token import classify_failure as _classify
@@ -58,13 +59,44 @@ class MtlsAdapter(HTTPAdapter):
         **kwargs: Any,
     ) -> None:
         self.certificate = coerce_certificate(certificate, key, password)
+        self._verify = verify
         # One context per adapter: urllib3 mutates the context it is given.
         self._ssl_context = self.certificate.ssl_context(verify)
+        self._follow: AuthCore | None = None
+        self._generation = 0
+        self._swap_lock = threading.Lock()
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
         pool_kwargs["ssl_context"] = self._ssl_context
         super().init_poolmanager(*args, **pool_kwargs)
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        follow = self._follow
+        if follow is not None and follow.generation != self._generation:
+            self._follow_rotation(follow)
+        return super().send(request, *args, **kwargs)
+
+    def _follow_rotation(self, follow: AuthCore) -> None:
+        with self._swap_lock:
+            if follow.generation == self._generation:
+                return
+            generation, certificate = follow.generation, follow.certificate
+            self.certificate = certificate
+            self._ssl_context = certificate.ssl_context(self._verify)
+            old = self.poolmanager
+            # New pools with the new context; connections in use finish on the
+            # old ones, which close them when they come back.
+            self.init_poolmanager(
+                self._pool_connections,  # type: ignore[attr-defined]
+                self._pool_maxsize,  # type: ignore[attr-defined]
+                block=self._pool_block,  # type: ignore[attr-defined]
+            )
+            for manager in self.proxy_manager.values():
+                manager.clear()
+            self.proxy_manager.clear()
+            old.clear()
+            self._generation = generation
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         proxy_kwargs["ssl_context"] = self._ssl_context
@@ -109,7 +141,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         self,
         token_url: str,
         client_id: str,
-        certificate: CertificateSource,
+        certificate: CertificateSource | CertificateProvider,
         key: str | bytes | None = None,
         *,
         password: str | bytes | None = None,
@@ -124,7 +156,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._core = AuthCore(
+        core = AuthCore(
             token_url,
             client_id,
             certificate,
@@ -141,8 +173,61 @@ class MtlsOAuth2(requests.auth.AuthBase):
             retry=retry,
             clock=clock,
         )
+        self._setup(core)
+
+    def _setup(self, core: AuthCore) -> None:
+        self._core = core
         self._session_lock = threading.Lock()
-        self._session: requests.Session | None = None
+        self._session: tuple[int, requests.Session] | None = None
+        self._retired: list[requests.Session] = []
+
+    @classmethod
+    def from_binding(
+        cls,
+        binding: BindingInput,
+        *,
+        namespace: str | None = None,
+        verify: Verify = True,
+        discover: bool = False,
+        **kwargs: Any,
+    ) -> MtlsOAuth2:
+        """An auth configured from an XSUAA or Credential Store binding.
+
+        `binding` is a mapping, JSON text, or the path of a service-key file or
+        a Kubernetes binding directory; a file or directory is re-read when it
+        changes, so a rotated certificate is picked up without a restart.
+        `namespace` is required for Credential Store. `discover=True` resolves
+        the token endpoint from ``/.well-known/openid-configuration``
+        (``mtls_endpoint_aliases``). Other keyword arguments are those of the
+        constructor.
+        """
+        self = cls.__new__(cls)
+        self._setup(
+            AuthCore.from_binding(
+                binding, namespace=namespace, verify=verify, discover=discover, **kwargs
+            )
+        )
+        return self
+
+    @classmethod
+    def from_vcap_services(
+        cls, label: str = "xsuaa", name: str | None = None, **kwargs: Any
+    ) -> MtlsOAuth2:
+        """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
+        return cls.from_binding(select_vcap_service(label, name), **kwargs)
+
+    @classmethod
+    def from_kubernetes(
+        cls, name: str | None = None, label: str | None = None, **kwargs: Any
+    ) -> MtlsOAuth2:
+        """An auth from a Kubernetes binding under `$SERVICE_BINDING_ROOT` (or legacy)."""
+        return cls.from_binding(kubernetes_binding_path(name, label), **kwargs)
+
+    def adapter(self, **kwargs: Any) -> MtlsAdapter:
+        """An `MtlsAdapter` presenting this auth's certificate, following its rotations."""
+        adapter = MtlsAdapter(self._core.certificate, verify=self._core.verify, **kwargs)
+        adapter._follow, adapter._generation = self._core, self._core.generation
+        return adapter
 
     # -- public, non-secret facts --------------------------------------------------
 
@@ -199,11 +284,15 @@ class MtlsOAuth2(requests.auth.AuthBase):
     # -- the token endpoint ----------------------------------------------------------
 
     def _token_session(self) -> requests.Session:
-        session = self._session
-        if session is None:
+        generation = self._core.generation
+        current = self._session
+        if current is None or current[0] != generation:
             with self._session_lock:
-                session = self._session
-                if session is None:
+                current = self._session
+                if current is None or current[0] != generation:
+                    if current is not None:
+                        # A fetch may still be using it; closed with the auth.
+                        self._retired.append(current[1])
                     session = requests.Session()
                     # No netrc, no REQUESTS_CA_BUNDLE: the adapter's context is the
                     # whole TLS configuration. Proxies still come from the
@@ -215,8 +304,8 @@ class MtlsOAuth2(requests.auth.AuthBase):
                     adapter = MtlsAdapter(self._core.certificate, verify=self._core.verify)
                     session.mount("https://", adapter)
                     session.mount("http://", HTTPAdapter(max_retries=0))
-                    self._session = session
-        return session
+                    current = self._session = (generation, session)
+        return current[1]
 
     def _send(self, request: HttpRequest) -> HttpResponse | TransportFailure:
         session = self._token_session()
@@ -251,8 +340,11 @@ class MtlsOAuth2(requests.auth.AuthBase):
     def close(self) -> None:
         """Close the internal session used for the token endpoint."""
         with self._session_lock:
-            session, self._session = self._session, None
-        if session is not None:
+            current, self._session = self._session, None
+            sessions, self._retired = list(self._retired), []
+        if current is not None:
+            sessions.append(current[1])
+        for session in sessions:
             session.close()
 
     def __enter__(self) -> MtlsOAuth2:

@@ -633,8 +633,8 @@ def test_internal_token_client_reuses_its_connection(
         for _ in range(3):
             auth._core.cache.clear()
             auth._core.token(auth._send)
-        session = auth._session
-        assert session is not None
+        assert auth._session is not None
+        session = auth._session[1]
         manager = session.get_adapter(server.token_url).poolmanager
         (pool,) = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118 - no __iter__
         assert pool.num_connections == 1  # three fetches, one TLS connection

@@ -1,0 +1,177 @@
+"""Keeping the client certificate current without a restart.
+
+XSUAA-managed certificates live 7 days, Credential Store ones 60. A
+`CertificateWatch` knows where the current certificate came from and checks,
+cheaply and rarely, whether a newer one is there:
+
+* a binding file or Kubernetes directory: one `stat` per file at most every
+  `interval` seconds (every second once the certificate is within an hour of
+  expiry), and a re-read only when something changed;
+* a provider callable (a vault, a secret manager): called again when the
+  certificate nears expiry, at most every `provider_interval` seconds;
+* either, immediately (rate-limited), after the token endpoint rejected the
+  certificate, because the usual cause is that it has just been rotated.
+
+A new certificate is validated before it replaces the old one; a broken file
+mid-rotation keeps the old certificate and logs a warning. It also logs a
+WARNING 24 hours and 1 hour before the current certificate expires, once each.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ._binding import Binding, BindingSource
+from ._certificate import ClientCertificate
+from ._errors import MtlsAuthError
+
+__all__ = ["CertificateWatch", "Loaded"]
+
+logger = logging.getLogger("mtls_auth")
+
+_WARN_AT = (datetime.timedelta(hours=24), datetime.timedelta(hours=1))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One reading of the source: the certificate and, for bindings, the binding."""
+
+    certificate: ClientCertificate
+    binding: Binding | None = None
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class CertificateWatch:
+    """Decides when to look for a new certificate, and loads it."""
+
+    def __init__(
+        self,
+        initial: Loaded,
+        *,
+        source: BindingSource | None = None,
+        provider: Callable[[], ClientCertificate] | None = None,
+        interval: float = 5.0,
+        provider_interval: float = 60.0,
+        rotate_before: datetime.timedelta = datetime.timedelta(hours=24),
+        timer: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        self.current = initial
+        self._source = source if source is not None and source.rereadable else None
+        self._provider = provider
+        self._interval = interval
+        self._provider_interval = provider_interval
+        self._rotate_before = rotate_before
+        self._timer = timer
+        self._now = now
+        self._lock = threading.Lock()
+        self._next_check = timer() + interval
+        self._next_provider_call = timer() + provider_interval
+        self._last_forced = -1e9
+        self._warned: set[tuple[str, datetime.timedelta]] = set()
+
+    def due(self) -> bool:
+        """The hot-path test: one clock reading and a comparison."""
+        return self._timer() >= self._next_check
+
+    def poll(self, *, force: bool = False) -> Loaded | None:
+        """Look for a new certificate; return it if one replaced the current one.
+
+        Without `force` this is a no-op until the next check is due. `force`
+        (after the server rejected us) is honoured at most once a second.
+        """
+        now = self._timer()
+        if not force and now < self._next_check:
+            return None
+        # A routine check skips if another thread is already checking; a forced
+        # one waits for it, so every rejected caller sees its outcome.
+        if not self._lock.acquire(blocking=force, timeout=10 if force else -1):
+            return None
+        try:
+            if force:
+                if now - self._last_forced < 1.0:
+                    return None
+                self._last_forced = now
+            elif now < self._next_check:
+                return None
+            certificate = self.current.certificate
+            left = certificate.not_after - self._now()
+            self._next_check = now + (1.0 if left < datetime.timedelta(hours=1) else self._interval)
+            self._warn_expiry(certificate)
+            loaded = self._load(force=force, near_expiry=left <= self._rotate_before, now=now)
+            if loaded is None or loaded.certificate == certificate:
+                if loaded is not None and loaded.binding != self.current.binding:
+                    self.current = loaded
+                return None
+            if loaded.certificate.not_after < certificate.not_after and not force:
+                logger.warning(
+                    "ignoring a replacement certificate that expires before the current one "
+                    "(%s < %s)", loaded.certificate.not_after, certificate.not_after,
+                )
+                return None
+            self.current = loaded
+            logger.warning(
+                "client certificate rotated: %s (x5t#S256 %s, expires %s) replaces %s",
+                loaded.certificate.subject,
+                loaded.certificate.thumbprint,
+                loaded.certificate.not_after.isoformat(),
+                certificate.thumbprint,
+            )
+            self._warn_expiry(loaded.certificate)
+            return loaded
+        finally:
+            self._lock.release()
+
+    def _load(self, *, force: bool, near_expiry: bool, now: float) -> Loaded | None:
+        try:
+            if self._source is not None:
+                if not force and not self._source.changed():
+                    return None
+                binding = self._source.read()
+                certificate = ClientCertificate.from_pem(binding.certificate, binding.key)
+                return Loaded(certificate, binding)
+            if self._provider is not None:
+                if not force and not (near_expiry and now >= self._next_provider_call):
+                    return None
+                self._next_provider_call = now + self._provider_interval
+                certificate = self._provider()
+                if not isinstance(certificate, ClientCertificate):
+                    raise TypeError(
+                        "the certificate provider must return a ClientCertificate, "
+                        f"not {type(certificate).__name__}"
+                    )
+                return Loaded(certificate)
+        except (MtlsAuthError, TypeError, ValueError, OSError) as exc:
+            logger.warning("could not load the rotated certificate, keeping the current one: %s",
+                           exc)
+        return None
+
+    def _warn_expiry(self, certificate: ClientCertificate) -> None:
+        left = certificate.not_after - self._now()
+        for threshold in _WARN_AT:
+            key = (certificate.thumbprint, threshold)
+            if left <= threshold and key not in self._warned:
+                self._warned.add(key)
+                if left <= datetime.timedelta(0):
+                    logger.warning(
+                        "client certificate %s expired at %s and no replacement was found",
+                        certificate.subject, certificate.not_after.isoformat(),
+                    )
+                else:
+                    logger.warning(
+                        "client certificate %s expires in %s (at %s); %s",
+                        certificate.subject,
+                        str(left).split(".")[0],
+                        certificate.not_after.isoformat(),
+                        "watching its binding for a replacement"
+                        if self._source or self._provider
+                        else "rotate it and restart, or use a binding path or provider",
+                    )
