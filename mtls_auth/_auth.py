@@ -187,6 +187,7 @@ class AuthCore:
         allow_http_loopback: bool = False,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
+        check_interval: float = 5.0,
         _source: BindingSource | None = None,
         _binding: Binding | None = None,
     ) -> None:
@@ -226,7 +227,11 @@ class AuthCore:
         self.watch: CertificateWatch | None = None
         if provider is not None or (_source is not None and _source.rereadable):
             self.watch = CertificateWatch(
-                Loaded(cert, _binding), source=_source, provider=provider
+                Loaded(cert, _binding),
+                source=_source,
+                provider=provider,
+                interval=check_interval,
+                provider_interval=max(check_interval, 60.0),
             )
 
     @classmethod

@@ -195,6 +195,7 @@ class MtlsOAuth2(httpx.Auth):
         allow_http_loopback: bool = False,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
+        check_interval: float = 5.0,
     ) -> None:
         core = AuthCore(
             token_url,
@@ -212,6 +213,7 @@ class MtlsOAuth2(httpx.Auth):
             allow_http_loopback=allow_http_loopback,
             retry=retry,
             clock=clock,
+            check_interval=check_interval,
         )
         self._setup(core)
 

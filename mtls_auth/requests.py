@@ -155,6 +155,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         allow_http_loopback: bool = False,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
+        check_interval: float = 5.0,
     ) -> None:
         core = AuthCore(
             token_url,
@@ -172,6 +173,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
             allow_http_loopback=allow_http_loopback,
             retry=retry,
             clock=clock,
+            check_interval=check_interval,
         )
         self._setup(core)
 
