@@ -508,6 +508,18 @@ def _transport_error(failure: TransportFailure, url: str, subject: str) -> Token
 
 
 _CLIENT_REJECTED = ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED", "HANDSHAKE_FAILURE")
+#: TLS failures that another attempt cannot fix (talking TLS to plain HTTP, no
+#: common protocol version or cipher).
+_TLS_CONFIG_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "UNSUPPORTED_PROTOCOL",
+        "NO_PROTOCOLS_AVAILABLE",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "NO_SHARED_CIPHER",
+        "HTTP_REQUEST",
+    }
+)
 
 
 def classify_failure(exc: BaseException, *, timed_out: bool = False) -> TransportFailure:
@@ -546,14 +558,23 @@ def _classify_one(current: BaseException, original: BaseException) -> TransportF
             or "verification failed"
         )
         return TransportFailure("tls_server", str(detail), original)
-    if isinstance(current, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+    if isinstance(
+        current,
+        (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError,
+         ssl.SSLWantWriteError, ssl.SSLSyscallError),
+    ):
+        # A connection dropped mid-TLS (anyio reports a reset as SSLWantReadError).
         return TransportFailure("connect", "the TLS connection was closed early", original)
     if isinstance(current, ssl.SSLError):
         reason = str(getattr(current, "reason", None) or "")
         if "ALERT" in reason and any(word in reason for word in _CLIENT_REJECTED):
             return TransportFailure("tls_client", f"server sent TLS alert {reason}", original)
+        if reason in _TLS_CONFIG_REASONS:
+            return TransportFailure("other", f"TLS error {reason}", original)
+        # Anything else at the record layer (bad MAC, unexpected EOF, ...) is
+        # treated as a broken connection: retried, within the bounded attempts.
         return TransportFailure(
-            "other", f"TLS error {reason or current.__class__.__name__}", original
+            "connect", f"TLS error {reason or current.__class__.__name__}", original
         )
     if isinstance(current, (socket.timeout, TimeoutError)):
         return TransportFailure("timeout", "no answer in time", original)

@@ -925,7 +925,8 @@ def test_classify_python_built_ssl_errors() -> None:
     hostname = ssl.CertificateError("hostname 'a.example' doesn't match 'b.example'")
     assert classify_failure(chained(hostname)).kind == "tls_server"
     handshake = ssl.SSLError("bad handshake: Error([('SSL routines', '', 'alert')])")
-    assert classify_failure(chained(handshake)).kind in ("tls_client", "other")
+    # No OpenSSL reason to go by: treated as a broken connection, retried within bounds.
+    assert classify_failure(chained(handshake)).kind in ("tls_client", "other", "connect")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,13 @@ The public, documented testing API arrives with the pytest plugin.
 
 from __future__ import annotations
 
+from ._bindings import (
+    credstore_service_key,
+    rotate_kubernetes_binding,
+    vcap_services,
+    write_kubernetes_binding,
+    xsuaa_service_key,
+)
 from ._pki import PKI, Credential
 from ._server import Fault, ResourceRequest, TokenRequest, TokenServer
 
@@ -15,4 +22,9 @@ __all__ = [
     "ResourceRequest",
     "TokenRequest",
     "TokenServer",
+    "credstore_service_key",
+    "rotate_kubernetes_binding",
+    "vcap_services",
+    "write_kubernetes_binding",
+    "xsuaa_service_key",
 ]

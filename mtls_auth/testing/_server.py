@@ -376,7 +376,9 @@ class _HTTPSServer(ThreadingHTTPServer):
         # Called inside socketserver's except block. Clients hanging up is
         # routine here; anything else is a bug in this module, so say so loudly.
         exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
+        # Python 3.9's handler flushes wfile after a reset fault closed it.
+        closed_file = isinstance(exc, ValueError) and "closed file" in str(exc)
+        if isinstance(exc, OSError) or closed_file:
             logger.debug("connection from %s ended: %r", client_address, exc)
         else:
             logger.error("token server failed serving %s", client_address, exc_info=exc)
