@@ -430,7 +430,7 @@ class AuthCore:
 def _rejected(exc: TokenError) -> bool:
     """Did the token endpoint refuse our certificate (the sign of a rotation)?"""
     if isinstance(exc, TokenRequestError):
-        return exc.kind == "tls_client"
+        return exc.kind in ("tls_client", "tls_closed")
     if isinstance(exc, TokenResponseError):
         return exc.status_code == 401 or exc.error == "invalid_client"
     return False

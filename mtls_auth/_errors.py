@@ -59,7 +59,9 @@ class TokenRequestError(TokenError):
 
     `kind` says which: ``"connect"``, ``"timeout"``, ``"tls_server"`` (the
     server's certificate failed verification), ``"tls_client"`` (the server
-    rejected ours), ``"too_large"`` or ``"other"``; None when not known.
+    rejected ours), ``"tls_closed"`` (the TLS connection dropped: often a
+    rejected certificate whose alert was lost), ``"too_large"`` or ``"other"``;
+    None when not known.
     """
 
     def __init__(self, message: str, *, kind: str | None = None) -> None:

@@ -188,10 +188,12 @@ class TransportFailure:
     kind: str
     detail: str
     exception: BaseException | None = field(default=None, repr=False, compare=False)
+    # "tls_closed": the TLS connection dropped before an answer; with TLS 1.3 a
+    # rejected client certificate can look like this when the alert is lost.
 
     @property
     def retryable(self) -> bool:
-        return self.kind in ("connect", "timeout")
+        return self.kind in ("connect", "timeout", "tls_closed")
 
 
 # -- the token ---------------------------------------------------------------------
@@ -498,6 +500,11 @@ def _transport_error(failure: TransportFailure, url: str, subject: str) -> Token
         )
     elif failure.kind == "timeout":
         message = f"token request to {url} timed out ({failure.detail})"
+    elif failure.kind == "tls_closed":
+        message = (
+            f"token request to {url} failed: {failure.detail} (the server may have "
+            f"rejected the client certificate {subject!r})"
+        )
     elif failure.kind == "too_large":
         message = f"token endpoint {url} sent a response over {MAX_RESPONSE_BYTES} bytes"
     else:
@@ -564,7 +571,9 @@ def _classify_one(current: BaseException, original: BaseException) -> TransportF
          ssl.SSLWantWriteError, ssl.SSLSyscallError),
     ):
         # A connection dropped mid-TLS (anyio reports a reset as SSLWantReadError).
-        return TransportFailure("connect", "the TLS connection was closed early", original)
+        # With TLS 1.3 this is also how a rejected client certificate can look
+        # when the server's alert is lost: retried, and a rotation check runs.
+        return TransportFailure("tls_closed", "the TLS connection was closed early", original)
     if isinstance(current, ssl.SSLError):
         reason = str(getattr(current, "reason", None) or "")
         if "ALERT" in reason and any(word in reason for word in _CLIENT_REJECTED):

@@ -956,8 +956,10 @@ def test_classify_other_tls_error() -> None:
     assert not failure.retryable
 
 
-def test_classify_tls_closed_early_is_connect() -> None:
-    assert classify_failure(ssl.SSLEOFError(8, "EOF")).kind == "connect"
+def test_classify_tls_closed_early_is_retryable_tls_closed() -> None:
+    failure = classify_failure(ssl.SSLEOFError(8, "EOF"))
+    assert failure.kind == "tls_closed"
+    assert failure.retryable
 
 
 @pytest.mark.parametrize(
