@@ -11,6 +11,8 @@ Every error the library raises on purpose is an `MtlsAuthError`, so one
     ├── InsecureTransportError    a bearer token would leave over plain http, to a
     │                             host outside `allowed_hosts`, or TLS verification
     │                             was turned off without saying so loudly
+    ├── PayloadError              a Credential Store payload could not be encrypted
+    │                             or decrypted (wrong key, tampered, stale iat)
     └── TokenError                no token could be obtained
         ├── TokenRequestError     transport or TLS failure talking to the token URL
         └── TokenResponseError    the token endpoint answered, but not with a token
@@ -28,6 +30,7 @@ __all__ = [
     "CertificateError",
     "InsecureTransportError",
     "MtlsAuthError",
+    "PayloadError",
     "TokenError",
     "TokenRequestError",
     "TokenResponseError",
@@ -48,6 +51,15 @@ class BindingError(MtlsAuthError, ValueError):
 
 class InsecureTransportError(MtlsAuthError):
     """A request would expose the bearer token or run without TLS verification."""
+
+
+class PayloadError(MtlsAuthError):
+    """A Credential Store payload could not be encrypted or decrypted.
+
+    A wrong key, a tampered ciphertext, a body that is not JOSE where JOSE was
+    expected, or an ``iat`` outside the accepted window. Messages never contain
+    the plaintext or a key.
+    """
 
 
 class TokenError(MtlsAuthError):

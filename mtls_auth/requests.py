@@ -26,16 +26,25 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
     ) from exc
 
 import threading
+import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Callable
 
 from ._auth import AuthCore, CertificateProvider, CertificateSource, coerce_certificate
 from ._binding import BindingInput, kubernetes_binding_path, select_vcap_service
 from ._certificate import ClientCertificate, Verify
+from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
+from ._errors import BindingError, PayloadError
 from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
 from ._token import classify_failure as _classify
 
-__all__ = ["MtlsAdapter", "MtlsOAuth2"]
+__all__ = [
+    "CredstoreAdapter",
+    "CredstoreSession",
+    "MtlsAdapter",
+    "MtlsOAuth2",
+    "credstore_session",
+]
 
 
 class MtlsAdapter(HTTPAdapter):
@@ -391,3 +400,133 @@ def _rewind(request: requests.PreparedRequest) -> bool:
             return False
         return True
     return False
+
+
+# -- Credential Store -----------------------------------------------------------------
+
+
+class CredstoreAdapter(MtlsAdapter):
+    """An `MtlsAdapter` that encrypts and decrypts Credential Store payloads.
+
+    Request bodies leave as JWE (`application/jose`) encrypted with the
+    `cipher`'s server key; `application/jose` responses are decrypted, so the
+    caller sees `application/json` and `response.json()` just works. A
+    successful response that is not encrypted raises `PayloadError` unless
+    `require_encrypted=False`.
+    """
+
+    def __init__(
+        self,
+        certificate: CertificateSource,
+        key: str | bytes | None = None,
+        *,
+        cipher: PayloadCipher,
+        password: str | bytes | None = None,
+        verify: Verify = True,
+        require_encrypted: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.cipher = cipher
+        self.require_encrypted = require_encrypted
+        super().__init__(certificate, key, password=password, verify=verify, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        body = request.body
+        if body is not None and not isinstance(body, (bytes, str)):
+            raise PayloadError(
+                "a streamed or file request body cannot be encrypted for Credential Store: "
+                "pass bytes, str or json="
+            )
+        raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
+        sealed = seal_request(self.cipher, raw, request.headers.get("Content-Type"))
+        if sealed is not None:
+            request.body = sealed
+            request.headers["Content-Type"] = JOSE_CONTENT_TYPE
+            request.headers["Content-Length"] = str(len(sealed))
+        response = super().send(request, *args, **kwargs)
+        opened = open_response(
+            self.cipher,
+            response.status_code,
+            response.headers.get("Content-Type"),
+            response.content,
+            require_encrypted=self.require_encrypted,
+        )
+        if opened is not None:
+            response._content = opened
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Content-Length"] = str(len(opened))
+            response.headers.pop("Content-Encoding", None)
+            response.encoding = "utf-8"
+        return response
+
+    def __repr__(self) -> str:
+        return f"<CredstoreAdapter certificate={self.certificate!r} cipher={self.cipher!r}>"
+
+
+class CredstoreSession(requests.Session):
+    """A `requests.Session` whose relative URLs resolve against `base_url`.
+
+    Made by `credstore_session`: ``session.get("password", params={"name": "db"})``
+    calls ``<base_url>/password``.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/") + "/"
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(url, bytes):
+            url = url.decode("ascii")
+        if "://" not in url:
+            url = self.base_url + url.lstrip("/")
+        return super().request(method, url, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<CredstoreSession {self.base_url} auth={self.auth!r}>"
+
+
+def credstore_session(
+    binding: BindingInput,
+    *,
+    namespace: str,
+    verify: Verify = True,
+    client_private_key: str | bytes | None = None,
+    require_encrypted: bool = True,
+    **kwargs: Any,
+) -> CredstoreSession:
+    """A session for the Credential Store credentials API in one call.
+
+    From an ``oauth:mtls`` binding: the auth (tokens for `namespace`), payload
+    encryption from the binding's ``encryption`` block (`client_private_key`
+    when the instance was created with your own public key), and the binding's
+    ``url`` as the base for relative URLs::
+
+        with credstore_session("credstore-key.json", namespace="ns1") as s:
+            s.post("password", json={"name": "db", "value": "s3cret"})
+            s.get("password", params={"name": "db"}).json()["value"]
+    """
+    auth = MtlsOAuth2.from_binding(binding, namespace=namespace, verify=verify, **kwargs)
+    parsed = auth._core.binding
+    if parsed is None or parsed.kind != "credstore" or not parsed.url:
+        raise BindingError(
+            "credstore_session needs a Credential Store oauth:mtls binding with a url"
+        )
+    session = CredstoreSession(parsed.url)
+    session.auth = auth
+    if parsed.encryption or client_private_key is not None:
+        cipher = PayloadCipher.from_encryption(
+            parsed.encryption, client_private_key=client_private_key
+        )
+        adapter: MtlsAdapter = CredstoreAdapter(
+            auth.certificate, cipher=cipher, verify=verify, require_encrypted=require_encrypted
+        )
+    else:
+        adapter = MtlsAdapter(auth.certificate, verify=verify)
+    adapter._follow, adapter._generation = auth._core, auth._core.generation
+    session.mount(_origin(parsed.url), adapter)
+    return session
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"

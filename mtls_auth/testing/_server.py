@@ -50,6 +50,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ._credstore_api import CREDENTIALS_PATH, CredstoreApi
 from ._pki import PKI, Credential, PrivateKey, thumbprint_of_der
 
 if TYPE_CHECKING:
@@ -462,7 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         owner = self.server.owner
         is_token = path in _TOKEN_PATHS
-        body = self._read_body(keep=is_token)
+        is_credstore = path == CREDENTIALS_PATH or path.startswith(CREDENTIALS_PATH + "/")
+        body = self._read_body(keep=is_token or is_credstore)
         if body is None:
             return
         content, length = body
@@ -477,6 +479,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self._token(owner, path, content)
             elif path == "/resource" or path.startswith("/resource/"):
                 self._resource(owner, path, length)
+            elif is_credstore:
+                self._send(
+                    owner._credstore_request(
+                        self.command,
+                        path,
+                        urlsplit(self.path).query,
+                        self.headers.get("Content-Type"),
+                        content,
+                        self.headers.get("Authorization"),
+                        self.peer,
+                    )
+                )
             elif self.command == "GET" and path == "/.well-known/openid-configuration":
                 self._send(_Response(200, _json_bytes(owner.openid_configuration)))
             elif self.command == "GET" and path == "/token_keys":
@@ -652,6 +666,7 @@ class TokenServer:
         self._resource_requests: list[ResourceRequest] = []
         self._handshake_failures: list[str] = []
         self._jwt_key: rsa.RSAPrivateKey | None = None
+        self._credstore: CredstoreApi | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -985,7 +1000,73 @@ class TokenServer:
         signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64url(signature)}"
 
+    # -- Credential Store credentials API ---------------------------------------------
+
+    @property
+    def credstore(self) -> CredstoreApi:
+        """The Credential Store-shaped API at ``/api/v1/credentials`` (made on first use).
+
+        Its `encryption_block()` is the binding's ``encryption`` object.
+        """
+        with self._lock:
+            if self._credstore is None:
+                self._credstore = CredstoreApi(clock=self.clock)
+            return self._credstore
+
+    @property
+    def credentials_url(self) -> str:
+        """The credentials API base URL, as in a Credential Store binding's ``url``."""
+        return self.url + CREDENTIALS_PATH
+
+    def _credstore_request(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        content_type: str | None,
+        content: bytes,
+        authorization: str | None,
+        peer: _Peer | None,
+    ) -> _Response:
+        issued, refusal = self._check_bearer(path, authorization, peer)
+        if issued is None or issued.path != CREDSTORE_TOKEN_PATH or not issued.namespace:
+            response = refusal or _bearer_error("not a Credential Store token with a namespace")
+            self._record_resource(method, path, authorization, peer, response, issued)
+            return response
+        answer = self.credstore.handle(
+            method, path, query, content_type, content, issued.namespace
+        )
+        response = _Response(answer.status, answer.body, answer.content_type)
+        self._record_resource(method, path, authorization, peer, response, issued)
+        return response
+
     # -- resource ----------------------------------------------------------------------
+
+    def _check_bearer(
+        self, path: str, authorization: str | None, peer: _Peer | None
+    ) -> tuple[_IssuedToken | None, _Response | None]:
+        """The token behind `authorization`, or None and the 401 to send."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None, _bearer_error(None)
+        with self._lock:
+            issued = self._tokens.get(token)
+            revoked = issued is not None and (
+                issued.index <= self._revoked_up_to
+                or issued.thumbprint in self._revoked_thumbprints
+            )
+        if path == _ALWAYS_401_PATH:
+            return issued, _bearer_error("this resource always refuses")
+        if issued is None:
+            return None, _bearer_error("unknown token")
+        if revoked:
+            return issued, _bearer_error("the token has been revoked")
+        if self.clock() >= issued.expires_at:
+            return issued, _bearer_error("the token has expired")
+        if self.cert_bound and (peer is None or peer.thumbprint != issued.thumbprint):
+            return issued, _bearer_error("the token is bound to another certificate")
+        return issued, None
 
     def _authorize(
         self,
@@ -995,43 +1076,24 @@ class TokenServer:
         peer: _Peer | None,
         body_length: int,
     ) -> _Response:
-        issued: _IssuedToken | None = None
+        issued, refusal = self._check_bearer(path, authorization, peer)
         response: _Response
-        scheme, _, token = (authorization or "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            response = _bearer_error(None)
+        if refusal is not None or issued is None:
+            response = refusal or _bearer_error(None)
         else:
-            with self._lock:
-                issued = self._tokens.get(token)
-                revoked = issued is not None and (
-                    issued.index <= self._revoked_up_to
-                    or issued.thumbprint in self._revoked_thumbprints
-                )
-            if path == _ALWAYS_401_PATH:
-                response = _bearer_error("this resource always refuses")
-            elif issued is None:
-                response = _bearer_error("unknown token")
-            elif revoked:
-                response = _bearer_error("the token has been revoked")
-            elif self.clock() >= issued.expires_at:
-                response = _bearer_error("the token has expired")
-            elif self.cert_bound and (peer is None or peer.thumbprint != issued.thumbprint):
-                response = _bearer_error("the token is bound to another certificate")
-            else:
-                response = _Response(
-                    200,
-                    _json_bytes(
-                        {
-                            "ok": True,
-                            "client_id": issued.client_id,
-                            "namespace": issued.namespace,
-                            "method": method,
-                            "path": path,
-                            "body_length": body_length,
-                        }
-                    ),
-                )
+            response = _Response(
+                200,
+                _json_bytes(
+                    {
+                        "ok": True,
+                        "client_id": issued.client_id,
+                        "namespace": issued.namespace,
+                        "method": method,
+                        "path": path,
+                        "body_length": body_length,
+                    }
+                ),
+            )
         self._record_resource(method, path, authorization, peer, response, issued)
         return response
 
