@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Collection, Generator, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ._binding import Binding, BindingInput, BindingSource, discover_token_endpoint
 from ._cache import RefreshPolicy, TokenCache
-from ._certificate import ClientCertificate, Verify
+from ._certificate import ClientCertificate, Secret, Verify, redact
 from ._errors import (
     BindingError,
     CertificateError,
@@ -41,7 +42,13 @@ from ._token import (
     fetch_flow,
 )
 
-__all__ = ["AuthCore", "CertificateProvider", "CertificateSource", "coerce_certificate"]
+__all__ = [
+    "AuthCore",
+    "AuthState",
+    "CertificateProvider",
+    "CertificateSource",
+    "coerce_certificate",
+]
 
 logger = logging.getLogger("mtls_auth")
 
@@ -50,14 +57,16 @@ CertificateSource = Union[str, bytes, ClientCertificate]
 #: A callable returning the current certificate, for custom sources (a vault).
 CertificateProvider = Callable[[], ClientCertificate]
 
-SendSync = Callable[[HttpRequest], Union[HttpResponse, TransportFailure]]
-SendAsync = Callable[[HttpRequest], Awaitable[Union[HttpResponse, TransportFailure]]]
+SendSync = Callable[[HttpRequest, "AuthState"], Union[HttpResponse, TransportFailure]]
+SendAsync = Callable[
+    [HttpRequest, "AuthState"], Awaitable[Union[HttpResponse, TransportFailure]]
+]
 
 
 def coerce_certificate(
     certificate: CertificateSource,
-    key: str | bytes | None,
-    password: str | bytes | None,
+    key: str | bytes | Secret | None,
+    password: str | bytes | Secret | None,
 ) -> ClientCertificate:
     """A ClientCertificate from either form the public constructors accept."""
     if isinstance(certificate, ClientCertificate):
@@ -75,7 +84,9 @@ def coerce_certificate(
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    # Only "localhost" and IP literals: a "*.localhost" name may well be
+    # resolved through DNS (glibc with "hosts: files dns").
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -113,7 +124,12 @@ class _Destinations:
         parts = urlsplit(url)
         self.check(parts.scheme.lower(), (parts.hostname or "").lower())
 
+    @staticmethod
+    def _normal(host: str) -> str:
+        return host.lower().rstrip(".")
+
     def _decide(self, scheme: str, host: str) -> bool:
+        host = self._normal(host)  # "API.example.com." is api.example.com
         if scheme == "http":
             if not (self._allow_http_loopback and _is_loopback(host)):
                 return False
@@ -147,7 +163,7 @@ class _Destinations:
 
 
 @dataclass(frozen=True)
-class _State:
+class AuthState:
     """Everything that changes together when the certificate rotates."""
 
     certificate: ClientCertificate
@@ -174,9 +190,9 @@ class AuthCore:
         token_url: str,
         client_id: str,
         certificate: CertificateSource | CertificateProvider,
-        key: str | bytes | None = None,
+        key: str | bytes | Secret | None = None,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
         namespace: str | None = None,
         scope: str | Iterable[str] | None = None,
         params: Mapping[str, str] | None = None,
@@ -191,6 +207,7 @@ class AuthCore:
         _source: BindingSource | None = None,
         _binding: Binding | None = None,
     ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
         if not timeout or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
         provider: CertificateProvider | None = None
@@ -214,7 +231,7 @@ class AuthCore:
         spec = TokenSpec.create(
             token_url, client_id, namespace=namespace, scope=scope, params=params
         )
-        self._state = _State(cert, spec, 0)
+        self._state = AuthState(cert, spec, 0)
         self.verify = verify
         self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
@@ -224,6 +241,8 @@ class AuthCore:
             wait_timeout=self.timeout * 2 + 5,
         )
         self.destinations = _Destinations(allowed_hosts, allow_http_loopback)
+        self._rotate_lock = threading.Lock()
+        self._refresh_after_401: float | None = None
         self.watch: CertificateWatch | None = None
         if provider is not None or (_source is not None and _source.rereadable):
             self.watch = CertificateWatch(
@@ -279,6 +298,11 @@ class AuthCore:
     # -- the current state ---------------------------------------------------------
 
     @property
+    def state(self) -> AuthState:
+        """Certificate, token request and generation, as one consistent reading."""
+        return self._state
+
+    @property
     def certificate(self) -> ClientCertificate:
         return self._state.certificate
 
@@ -296,6 +320,10 @@ class AuthCore:
         watch = self.watch
         if watch is None:
             return False
+        with self._rotate_lock:
+            return self._rotate_locked(watch, force)
+
+    def _rotate_locked(self, watch: CertificateWatch, force: bool) -> bool:
         loaded = watch.poll(force=force)
         if loaded is None:
             return False
@@ -310,7 +338,7 @@ class AuthCore:
                 scope=self._scope,
                 params=self._params,
             )
-        self._state = _State(loaded.certificate, spec, state.generation + 1)
+        self._state = AuthState(loaded.certificate, spec, state.generation + 1)
         # Tokens were bound to the old certificate: drop them. Requests already
         # in flight finish with what they have.
         self.cache.clear()
@@ -331,7 +359,7 @@ class AuthCore:
         try:
             return self.cache.get(state.key, lambda: self._fetch_sync(send, state))
         except TokenError as exc:
-            if not _rejected(exc):
+            if not _rejected(exc) or self.watch is None:
                 raise
             self._rotate(force=True)
             if self._state is state:
@@ -359,13 +387,22 @@ class AuthCore:
         logger.info("retrying the token request with the rotated certificate")
         return await self.cache.aget(state.key, lambda: self._fetch_async(send, state))
 
-    def invalidate(self, authorization: str | None) -> None:
-        """Forget the token that produced a 401, if it is still the current one."""
-        entry = self.cache._entry
-        if entry is not None and entry[1].matches(authorization):
-            self.cache.invalidate(entry[1])
+    def invalidate_token(self, token: Token) -> None:
+        """Forget `token` after a 401, if it is still the current one.
 
-    def _flow(self, state: _State) -> Generator[Step, Reply, Token]:
+        A resource that refuses every token (a missing role, say) would
+        otherwise cost one token request per request: a token fetched because
+        of a 401 is itself dropped for a 401 only once `_401_COOLDOWN` seconds
+        have passed.
+        """
+        now = time.monotonic()
+        with self._rotate_lock:
+            if token.after_401 and now < token.after_401 + _401_COOLDOWN:
+                return
+            self._refresh_after_401 = now
+        self.cache.invalidate(token)
+
+    def _flow(self, state: AuthState) -> Generator[Step, Reply, Token]:
         spec = state.spec
         logger.debug("requesting a token from %s for %r", spec.token_url, spec.client_id)
         return fetch_flow(
@@ -376,35 +413,40 @@ class AuthCore:
             subject=state.certificate.subject,
         )
 
-    def _fetch_sync(self, send: SendSync, state: _State) -> Token:
+    def _fetch_sync(self, send: SendSync, state: AuthState) -> Token:
         flow = self._flow(state)
         step = next(flow)
         while True:
             if isinstance(step, HttpRequest):
-                reply: HttpResponse | TransportFailure | None = send(step)
+                reply: HttpResponse | TransportFailure | None = send(step, state)
             else:
                 time.sleep(step)
                 reply = None
             try:
                 step = flow.send(reply)
             except StopIteration as done:
-                token: Token = done.value
-                return token
+                return self._fetched(done.value)
 
-    async def _fetch_async(self, send: SendAsync, state: _State) -> Token:
+    async def _fetch_async(self, send: SendAsync, state: AuthState) -> Token:
         flow = self._flow(state)
         step = next(flow)
         while True:
             if isinstance(step, HttpRequest):
-                reply: HttpResponse | TransportFailure | None = await send(step)
+                reply: HttpResponse | TransportFailure | None = await send(step, state)
             else:
                 await asyncio.sleep(step)
                 reply = None
             try:
                 step = flow.send(reply)
             except StopIteration as done:
-                token: Token = done.value
-                return token
+                return self._fetched(done.value)
+
+    def _fetched(self, token: Token) -> Token:
+        with self._rotate_lock:
+            if self._refresh_after_401 is not None:
+                token.after_401 = self._refresh_after_401
+                self._refresh_after_401 = None
+        return token
 
     # -- presentation ----------------------------------------------------------------
 
@@ -425,6 +467,10 @@ class AuthCore:
             f"client_id={spec.client_id!r} token_url={spec.token_url!r}"
             f"{namespace} token={token_state}"
         )
+
+
+#: Seconds before a token fetched because of a 401 may itself be dropped for one.
+_401_COOLDOWN = 30.0
 
 
 def _rejected(exc: TokenError) -> bool:

@@ -28,6 +28,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import ssl
 import stat
 import urllib.request
@@ -43,6 +44,7 @@ __all__ = [
     "Binding",
     "BindingInput",
     "BindingSource",
+    "Redacted",
     "discover_token_endpoint",
     "parse_credentials",
     "select_vcap_service",
@@ -51,8 +53,9 @@ __all__ = [
 logger = logging.getLogger("mtls_auth")
 
 #: What `from_binding` accepts.
-BindingInput = Union[Mapping[str, Any], str, "os.PathLike[str]"]
+BindingInput = Union[Mapping[str, Any], str, "os.PathLike[str]", "Redacted"]
 
+_FRACTION = re.compile(r"^(.*?)\.(\d+)(.*)$")
 _X509_TYPES = {"x509", "x509_generated", "x509_provided"}
 _SECRET_TYPES = {"binding-secret", "instance-secret"}
 _MAX_FILE_BYTES = 1 << 20
@@ -124,11 +127,17 @@ def _cert_token_url(credentials: Mapping[str, Any], where: str) -> str:
             f"XSUAA binding in {where} has neither 'certurl' nor 'url': "
             "cannot tell the token endpoint"
         )
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        raise BindingError(f"XSUAA binding in {where} has an unparseable 'url'") from None
+    if not host:
+        raise BindingError(f"XSUAA binding in {where} has a 'url' without a host")
     if ".authentication.cert." not in f".{host}" and ".authentication." in f".{host}":
         host = host.replace("authentication.", "authentication.cert.", 1)
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    netloc = host if port is None else f"{host}:{port}"
     return urlunsplit(("https", netloc, parts.path.rstrip("/") + "/oauth/token", "", ""))
 
 
@@ -176,10 +185,9 @@ def _parse_expires_at(value: str | None, where: str) -> datetime.datetime | None
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     # Python 3.9's fromisoformat wants 0, 3 or 6 fraction digits ("09:24:03.3Z").
-    if "." in text:
-        head, _, tail = text.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        zone = tail[len(digits) :]
+    fraction = _FRACTION.match(text)
+    if fraction is not None:
+        head, digits, zone = fraction.groups()
         text = f"{head}.{(digits + '000000')[:6]}{zone}"
     try:
         moment = datetime.datetime.fromisoformat(text)
@@ -280,9 +288,10 @@ def _read_text(path: Path) -> str:
     if len(data) > _MAX_FILE_BYTES:
         raise BindingError(f"binding file {path} is larger than {_MAX_FILE_BYTES} bytes")
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BindingError(f"binding file {path} is not UTF-8 text") from exc
+        # utf-8-sig: files saved by Windows editors start with a BOM.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BindingError(f"binding file {path} is not UTF-8 text") from None
 
 
 def _loads(text: str, where: str) -> Any:
@@ -361,6 +370,44 @@ def _read_with_metadata(directory: Path, metadata_path: Path) -> dict[str, Any]:
     return credentials
 
 
+class Redacted:
+    """A binding on its way in (mapping or text); its repr shows nothing.
+
+    The public `from_binding` wraps its argument at once, so frames captured by
+    error reporters show ``<binding redacted>`` instead of a private key.
+    """
+
+    __slots__ = ("value",)
+    value: Any
+
+    def __init__(self, value: Any) -> None:
+        self.value = value.value if isinstance(value, Redacted) else value
+
+    def __repr__(self) -> str:
+        return "<binding redacted>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a binding holds a private key and cannot be pickled")
+
+
+def _json_in_text(text: str) -> dict[str, Any] | None:
+    """The JSON object in `text`: plain, after a BOM, or inside `cf service-key` output.
+
+    `cf service-key APP KEY` prints a "Getting key ..." line before the JSON.
+    Returns None when the text does not look like JSON at all (a path).
+    """
+    stripped = text.lstrip("\ufeff").strip()
+    if not stripped.startswith("{"):
+        start = stripped.find("\n{")
+        if start < 0:
+            return None
+        stripped = stripped[start + 1 :]
+    data = _loads(stripped, "binding JSON text")
+    if not isinstance(data, dict):
+        raise BindingError("binding JSON text must be an object")
+    return data
+
+
 def _fingerprint(path: Path) -> tuple[Any, ...]:
     """A cheap identity of a file or directory's current content."""
     try:
@@ -397,19 +444,32 @@ class BindingSource:
 
     @classmethod
     def from_input(cls, binding: BindingInput) -> BindingSource:
+        if isinstance(binding, Redacted):
+            binding = binding.value
         if isinstance(binding, Mapping):
             return cls(None, binding)
         if isinstance(binding, (str, os.PathLike)):
             text = os.fspath(binding)
-            if isinstance(text, str) and text.lstrip().startswith("{"):
-                data = _loads(text, "binding JSON text")
-                if not isinstance(data, dict):
-                    raise BindingError("binding JSON text must be an object")
+            if not isinstance(text, str):
+                raise BindingError("a binding path must be text, not bytes")
+            data = _json_in_text(text)
+            if data is not None:
                 return cls(None, data)
-            path = Path(text).expanduser()
-            if not path.exists():
+            # Never echo the input: pasted text may hold a private key.
+            shape = f"a text of {len(text)} characters"
+            if "\n" in text or len(text) > 4096 or "-----BEGIN" in text:
                 raise BindingError(
-                    f"binding {text!r} is neither JSON text nor an existing file or directory"
+                    f"binding is {shape} that is neither a JSON object nor a path"
+                )
+            try:
+                path = Path(text).expanduser()
+                exists = path.exists()
+            except (OSError, ValueError):
+                exists = False
+            if not exists:
+                raise BindingError(
+                    f"binding is {shape} that is neither a JSON object nor an existing "
+                    "service-key file or binding directory"
                 )
             return cls(path)
         raise BindingError(

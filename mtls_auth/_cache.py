@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import enum
 import functools
 import logging
@@ -81,11 +82,26 @@ class RefreshPolicy:
 class _Flight:
     """One token fetch in progress, awaited by threads and coroutines alike."""
 
-    __slots__ = ("_callbacks", "_done", "_event", "_lock", "error", "key", "loop", "task", "token")
+    __slots__ = (
+        "_callbacks",
+        "_done",
+        "_event",
+        "_lock",
+        "deadline",
+        "error",
+        "key",
+        "loop",
+        "task",
+        "token",
+    )
 
-    def __init__(self, key: Hashable, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, key: Hashable, loop: asyncio.AbstractEventLoop | None, deadline: float
+    ) -> None:
         self.key = key
         self.loop = loop
+        #: time.monotonic() after which the fetch counts as abandoned.
+        self.deadline = deadline
         self.task: asyncio.Future[Token] | None = None
         self.token: Token | None = None
         self.error: BaseException | None = None
@@ -118,9 +134,22 @@ class _Flight:
 
     def result(self) -> Token:
         if self.error is not None:
-            raise self.error
+            # Each waiter gets its own copy (chained to the original), so
+            # threads and loops never share one traceback being extended.
+            try:
+                own = copy.copy(self.error)
+            except Exception:  # noqa: BLE001 - an uncopyable error is raised as it is
+                raise self.error from None
+            raise own from self.error
         assert self.token is not None
         return self.token
+
+    def abandoned(self, now: float) -> bool:
+        """Past its deadline, or owned by an event loop that can no longer run it."""
+        if now > self.deadline:
+            return True
+        loop = self.loop
+        return loop is not None and (loop.is_closed() or not loop.is_running())
 
     def wait(self, timeout: float) -> Token:
         if not self._event.wait(timeout):
@@ -227,6 +256,11 @@ class TokenCache:
                     return fetch()
                 try:
                     token = flight.wait(self.wait_timeout)
+                except TokenRequestError:
+                    self._drop_if_current(flight)
+                    if flight.key == key:
+                        raise
+                    continue
                 except Exception:
                     if flight.key == key:
                         raise
@@ -263,6 +297,11 @@ class TokenCache:
             if action == "wait":
                 try:
                     token = await flight.wait_async(self.wait_timeout)
+                except TokenRequestError:
+                    self._drop_if_current(flight)
+                    if flight.key == key:
+                        raise
+                    continue
                 except Exception:
                     if flight.key == key:
                         raise
@@ -309,16 +348,33 @@ class TokenCache:
             if state is Freshness.FRESH:
                 return "use", None, token
             flight = self._flight
+            if flight is not None and flight.abandoned(time.monotonic()):
+                # Its loop stopped, or it overran every deadline: release whoever
+                # waits on it, and let this caller start afresh.
+                self._flight = None
+                flight.finish(
+                    error=TokenRequestError(
+                        "the token fetch this request waited for was abandoned "
+                        "(its event loop stopped or it overran its deadline)"
+                    )
+                )
+                flight = None
             if state is Freshness.STALE:
                 if flight is not None or now < self._stale_retry_at:
                     return "use", None, token
-                self._flight = _Flight(key, loop)
+                self._flight = self._new_flight(key, loop)
                 logger.debug("token is stale; refreshing while others keep using it")
                 return "fetch", self._flight, token
             if flight is not None:
                 return "wait", flight, None
-            self._flight = _Flight(key, loop)
+            self._flight = self._new_flight(key, loop)
             return "fetch", self._flight, None
+
+    def _drop_if_current(self, flight: _Flight) -> None:
+        """A waiter gave up on `flight`: if it is still running, it is abandoned."""
+        with self._lock:
+            if self._flight is flight and not flight.done:
+                self._flight = None
 
     def _settle(self, flight: _Flight, task: asyncio.Future[Token]) -> None:
         if flight.done:
@@ -327,6 +383,9 @@ class TokenCache:
             if self._flight is flight:
                 self._flight = None
         flight.finish(error=asyncio.CancelledError() if task.cancelled() else task.exception())
+
+    def _new_flight(self, key: Hashable, loop: asyncio.AbstractEventLoop | None) -> _Flight:
+        return _Flight(key, loop, time.monotonic() + self.wait_timeout)
 
     def _store(self, flight: _Flight, key: Hashable, token: Token) -> None:
         with self._lock:

@@ -66,8 +66,10 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _as_pem_bytes(value: str | bytes, what: str) -> bytes:
+def _as_pem_bytes(value: str | bytes | _Secret, what: str) -> bytes:
     """Normalise PEM text as pasted from a service key: bytes, literal ``\\n``."""
+    if isinstance(value, _Secret):
+        value = value.value
     if isinstance(value, str):
         try:
             data = value.encode("ascii")
@@ -108,6 +110,21 @@ class _Secret:
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("key material cannot be pickled")
+
+
+def redact(value: str | bytes | _Secret | None) -> Secret | None:
+    """Wrap key material handed to a public constructor (None stays None).
+
+    The constructors rebind their `key` and `password` arguments to this at
+    once, so tracebacks with captured locals show ``<redacted>``.
+    """
+    if value is None or isinstance(value, _Secret):
+        return value
+    return _Secret(value)  # type: ignore[arg-type]
+
+
+#: Key material wrapped by `redact`.
+Secret = _Secret
 
 
 def _load_key(block: _Secret, label: bytes, password: _Secret | None) -> PrivateKeyTypes:
@@ -229,9 +246,9 @@ class ClientCertificate:
     def from_pem(
         cls,
         certificate: str | bytes,
-        key: str | bytes,
+        key: str | bytes | Secret,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
     ) -> ClientCertificate:
         """Parse and validate a PEM certificate chain and its private key.
 
@@ -250,6 +267,8 @@ class ClientCertificate:
         """
         cert_data = _as_pem_bytes(certificate, "certificate")
         key_data = _Secret(_as_pem_bytes(key, "private key"))
+        if isinstance(password, _Secret):
+            password = password.value
         secret_password = (
             None
             if password is None
@@ -418,13 +437,17 @@ class ClientCertificate:
             PrivateFormat,
         )
 
-        passphrase = secrets.token_urlsafe(32).encode("ascii")
-        encrypted_key = self._key.private_bytes(
-            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(passphrase)
+        # Both held in redacting holders: a traceback's captured locals could
+        # otherwise rebuild the key from the passphrase and the encrypted PEM.
+        passphrase = _Secret(secrets.token_urlsafe(32).encode("ascii"))
+        encrypted_key = _Secret(
+            self._key.private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(passphrase.value)
+            )
         )
         try:
-            with _readable_paths(self._chain_pem, encrypted_key) as (cert_path, key_path):
-                context.load_cert_chain(cert_path, key_path, password=passphrase)
+            with _readable_paths(self._chain_pem, encrypted_key.value) as (cert_path, key_path):
+                context.load_cert_chain(cert_path, key_path, password=passphrase.value)
         except ssl.SSLError as exc:
             raise CertificateError(
                 f"OpenSSL refused the client certificate {self.subject!r}: "

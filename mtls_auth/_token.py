@@ -205,7 +205,15 @@ class Token:
     `expires_at` and `issued_at` are readings of the owning cache's clock.
     """
 
-    __slots__ = ("__weakref__", "_value", "expires_at", "issued_at", "lifetime", "token_type")
+    __slots__ = (
+        "__weakref__",
+        "_value",
+        "after_401",
+        "expires_at",
+        "issued_at",
+        "lifetime",
+        "token_type",
+    )
 
     def __init__(
         self, value: str, *, token_type: str, issued_at: float, lifetime: float
@@ -215,6 +223,9 @@ class Token:
         self.issued_at = issued_at
         self.lifetime = lifetime
         self.expires_at = issued_at + lifetime
+        #: When set (a time.monotonic() reading): fetched because a 401 dropped
+        #: the previous token at that moment.
+        self.after_401: float | None = None
 
     def authorization(self) -> str:
         """The Authorization header value. Internal: the integrations call it."""
@@ -248,10 +259,25 @@ def _jwt_exp(token: str) -> float | None:
     return float(exp)
 
 
-def _lifetime(data: Mapping[str, object], access_token: str, url: str) -> float:
+class _Redacted:
+    """An access token on its way into a `Token`; its repr shows nothing."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)
+
+
+def _lifetime(data: Mapping[str, object], access_token: _Redacted, url: str) -> float:
     raw = data.get("expires_in")
     if raw is None:
-        exp = _jwt_exp(access_token)
+        exp = _jwt_exp(str(access_token.value))
         if exp is not None:
             return max(0.0, min(exp - time.time(), MAX_LIFETIME))
         logger.debug("token from %s has no expires_in and no JWT exp; assuming %.0fs",
@@ -331,15 +357,20 @@ def parse_token_response(
             f"(a {type(data).__name__})",
             status_code=status,
         )
-    access_token = data.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
+    # The token leaves `data` at once and lives only in a holder whose repr is
+    # redacted: frames captured by error reporters never show it.
+    value = _Redacted(data.pop("access_token", None))
+    if not isinstance(value.value, str) or not value.value:
         raise TokenResponseError(
             f"token endpoint {url} answered HTTP {status} without an access_token",
             status_code=status,
         )
-    if any(c in access_token for c in "\r\n\0") or not access_token.isascii():
+    if not _B64TOKEN.fullmatch(value.value):
+        # RFC 6750 b64token: anything else cannot go in an Authorization header,
+        # and HTTP libraries would echo the bad header value in their error.
         raise TokenResponseError(
-            f"token endpoint {url} sent an access_token that cannot go in an HTTP header",
+            f"token endpoint {url} sent an access_token that cannot go in an HTTP "
+            "Authorization header (characters outside RFC 6750's b64token)",
             status_code=status,
         )
     token_type = data.get("token_type", "bearer")
@@ -349,8 +380,8 @@ def parse_token_response(
             "only bearer tokens are supported",
             status_code=status,
         )
-    lifetime = _lifetime(data, access_token, url)
-    return Token(access_token, token_type="bearer", issued_at=sent_at, lifetime=lifetime)  # noqa: S106
+    lifetime = _lifetime(data, value, url)
+    return Token(value.value, token_type="bearer", issued_at=sent_at, lifetime=lifetime)  # noqa: S106
 
 
 # -- retries -----------------------------------------------------------------------

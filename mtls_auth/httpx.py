@@ -25,15 +25,20 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
     raise ImportError("mtls_auth.httpx needs httpx: pip install mtls-auth[httpx]") from exc
 
 import asyncio
-import ssl
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Mapping
 from typing import Any, Callable
 
-from ._auth import AuthCore, CertificateProvider, CertificateSource, coerce_certificate
-from ._binding import BindingInput, kubernetes_binding_path, select_vcap_service
-from ._certificate import ClientCertificate, Verify
+from ._auth import (
+    AuthCore,
+    AuthState,
+    CertificateProvider,
+    CertificateSource,
+    coerce_certificate,
+)
+from ._binding import BindingInput, Redacted, kubernetes_binding_path, select_vcap_service
+from ._certificate import ClientCertificate, Secret, Verify, redact
 from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
 from ._errors import BindingError
 from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
@@ -63,12 +68,13 @@ class MtlsTransport(httpx.BaseTransport):
     def __init__(
         self,
         certificate: CertificateSource,
-        key: str | bytes | None = None,
+        key: str | bytes | Secret | None = None,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
         verify: Verify = True,
         **kwargs: Any,
     ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
         self.certificate = coerce_certificate(certificate, key, password)
         self._verify = verify
         self._kwargs = kwargs
@@ -87,8 +93,9 @@ class MtlsTransport(httpx.BaseTransport):
         follow = self._follow
         if follow is not None and follow.generation != self._generation:
             with self._lock:
-                if follow.generation != self._generation:
-                    generation, certificate = follow.generation, follow.certificate
+                state = follow.state  # one read: certificate and generation agree
+                if state.generation != self._generation:
+                    generation, certificate = state.generation, state.certificate
                     self.certificate = certificate
                     self._retired.append(self._transport)
                     self._transport = self._build()
@@ -121,12 +128,13 @@ class AsyncMtlsTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         certificate: CertificateSource,
-        key: str | bytes | None = None,
+        key: str | bytes | Secret | None = None,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
         verify: Verify = True,
         **kwargs: Any,
     ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
         self.certificate = coerce_certificate(certificate, key, password)
         self._verify = verify
         self._kwargs = kwargs
@@ -146,8 +154,8 @@ class AsyncMtlsTransport(httpx.AsyncBaseTransport):
         if follow is not None and follow.generation != self._generation:
             # Building the context loads a key: keep it off the event loop.
             loop = asyncio.get_running_loop()
-            certificate = follow.certificate
-            generation = follow.generation
+            state = follow.state  # one read: certificate and generation agree
+            certificate, generation = state.certificate, state.generation
             context = await loop.run_in_executor(None, certificate.ssl_context, self._verify)
             with self._lock:
                 if generation != self._generation:
@@ -173,6 +181,61 @@ class AsyncMtlsTransport(httpx.AsyncBaseTransport):
         raise TypeError("AsyncMtlsTransport holds a private key and cannot be pickled")
 
 
+class _LoopClients:
+    """The internal AsyncClients of one auth, one per event loop and generation.
+
+    An AsyncClient's connections belong to its loop. Each client is paired with
+    a suspended async generator registered on that loop: when `asyncio.run()`
+    finalises the loop (`shutdown_asyncgens`), the generator's `finally` closes
+    the client there, so no socket outlives its loop. Entries of loops closed
+    some other way are dropped on the next access.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[
+            int, tuple[weakref.ref[asyncio.AbstractEventLoop], int, httpx.AsyncClient, Any]
+        ] = {}
+
+    def get(self, loop: asyncio.AbstractEventLoop, generation: int) -> httpx.AsyncClient | None:
+        entry = self._entries.get(id(loop))
+        if entry is not None and entry[0]() is loop and entry[1] == generation:
+            return entry[2]
+        return None
+
+    async def put(
+        self, loop: asyncio.AbstractEventLoop, generation: int, client: httpx.AsyncClient
+    ) -> httpx.AsyncClient:
+        keeper = _close_with_loop(client)
+        await keeper.__anext__()  # registers it with the loop's asyncgen hooks
+        with self._lock:
+            old = self._entries.get(id(loop))
+            self._entries[id(loop)] = (weakref.ref(loop), generation, client, keeper)
+            dead = [
+                key
+                for key, (ref, *_rest) in self._entries.items()
+                if (other := ref()) is None or other.is_closed()
+            ]
+            for key in dead:
+                del self._entries[key]
+        if old is not None and old[0]() is loop:
+            await old[3].aclose()  # the client of the previous generation
+        return client
+
+    async def aclose(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            entry = self._entries.pop(id(loop), None)
+        if entry is not None and entry[0]() is loop:
+            await entry[3].aclose()
+
+
+async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
 class MtlsOAuth2(httpx.Auth):
     """OAuth2 client credentials over mTLS, as an httpx `auth=`, sync and async.
 
@@ -192,9 +255,9 @@ class MtlsOAuth2(httpx.Auth):
         token_url: str,
         client_id: str,
         certificate: CertificateSource | CertificateProvider,
-        key: str | bytes | None = None,
+        key: str | bytes | Secret | None = None,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
         namespace: str | None = None,
         scope: str | Iterable[str] | None = None,
         params: Mapping[str, str] | None = None,
@@ -207,6 +270,7 @@ class MtlsOAuth2(httpx.Auth):
         clock: Callable[[], float] | None = None,
         check_interval: float = 5.0,
     ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
         core = AuthCore(
             token_url,
             client_id,
@@ -232,9 +296,7 @@ class MtlsOAuth2(httpx.Auth):
         self._lock = threading.Lock()
         self._client: tuple[int, httpx.Client] | None = None
         self._retired: list[httpx.Client] = []
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[int, httpx.AsyncClient]
-        ] = weakref.WeakKeyDictionary()
+        self._async_clients = _LoopClients()
 
     @classmethod
     def from_binding(
@@ -256,6 +318,7 @@ class MtlsOAuth2(httpx.Auth):
         (``mtls_endpoint_aliases``). Other keyword arguments are those of the
         constructor.
         """
+        binding = Redacted(binding)  # frames captured on error show no key
         self = cls.__new__(cls)
         self._setup(
             AuthCore.from_binding(
@@ -269,7 +332,7 @@ class MtlsOAuth2(httpx.Auth):
         cls, label: str = "xsuaa", name: str | None = None, **kwargs: Any
     ) -> MtlsOAuth2:
         """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
-        return cls.from_binding(select_vcap_service(label, name), **kwargs)
+        return cls.from_binding(Redacted(select_vcap_service(label, name)), **kwargs)
 
     @classmethod
     def from_kubernetes(
@@ -319,8 +382,8 @@ class MtlsOAuth2(httpx.Auth):
         token = core.fresh_token() or core.token(self._send)
         request.headers["Authorization"] = token.authorization()
         response = yield request
-        if response.status_code == 401 and _replayable(request):
-            core.invalidate(request.headers.get("Authorization"))
+        if _retry_401(request, response):
+            core.invalidate_token(token)
             request.headers["Authorization"] = core.token(self._send).authorization()
             yield request
 
@@ -335,8 +398,8 @@ class MtlsOAuth2(httpx.Auth):
         token = core.fresh_token() or await core.atoken(self._asend)
         request.headers["Authorization"] = token.authorization()
         response = yield request
-        if response.status_code == 401 and _replayable(request):
-            core.invalidate(request.headers.get("Authorization"))
+        if _retry_401(request, response):
+            core.invalidate_token(token)
             request.headers["Authorization"] = (await core.atoken(self._asend)).authorization()
             yield request
 
@@ -345,41 +408,38 @@ class MtlsOAuth2(httpx.Auth):
 
     # -- the token endpoint ----------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        return self._core.certificate.ssl_context(self._core.verify)
-
-    def _token_client(self) -> httpx.Client:
-        generation = self._core.generation
+    def _token_client(self, state: AuthState) -> httpx.Client:
         current = self._client
-        if current is None or current[0] != generation:
+        if current is None or current[0] != state.generation:
             with self._lock:
                 current = self._client
-                if current is None or current[0] != generation:
+                if current is None or current[0] != state.generation:
                     if current is not None:
                         # A fetch may still be using it; closed with the auth.
                         self._retired.append(current[1])
-                    client = httpx.Client(verify=self._ssl_context(), follow_redirects=False)
-                    current = self._client = (generation, client)
+                    context = state.certificate.ssl_context(self._core.verify)
+                    client = httpx.Client(verify=context, follow_redirects=False)
+                    current = self._client = (state.generation, client)
         return current[1]
 
-    async def _async_token_client(self) -> httpx.AsyncClient:
+    async def _async_token_client(self, state: AuthState) -> httpx.AsyncClient:
         # AsyncClient connections belong to the loop that opened them, so each
-        # event loop gets its own client. Loading the key and the CA store takes
+        # event loop gets its own client, closed when asyncio.run() finalises
+        # that loop (see _LoopClients). Loading the key and the CA store takes
         # milliseconds of CPU: done in a worker thread, not on the loop.
         loop = asyncio.get_running_loop()
-        generation = self._core.generation
-        current = self._async_clients.get(loop)
-        if current is None or current[0] != generation:
-            context = await loop.run_in_executor(None, self._ssl_context)
-            with self._lock:
-                current = self._async_clients.get(loop)
-                if current is None or current[0] != generation:
-                    client = httpx.AsyncClient(verify=context, follow_redirects=False)
-                    current = self._async_clients[loop] = (generation, client)
-        return current[1]
+        client = self._async_clients.get(loop, state.generation)
+        if client is None:
+            context = await loop.run_in_executor(
+                None, state.certificate.ssl_context, self._core.verify
+            )
+            client = await self._async_clients.put(
+                loop, state.generation, httpx.AsyncClient(verify=context, follow_redirects=False)
+            )
+        return client
 
-    def _send(self, request: HttpRequest) -> HttpResponse | TransportFailure:
-        client = self._token_client()
+    def _send(self, request: HttpRequest, state: AuthState) -> HttpResponse | TransportFailure:
+        client = self._token_client(state)
         try:
             with client.stream(
                 request.method,
@@ -399,8 +459,10 @@ class MtlsOAuth2(httpx.Auth):
         except (httpx.TransportError, OSError) as exc:
             return _classify(exc)
 
-    async def _asend(self, request: HttpRequest) -> HttpResponse | TransportFailure:
-        client = await self._async_token_client()
+    async def _asend(
+        self, request: HttpRequest, state: AuthState
+    ) -> HttpResponse | TransportFailure:
+        client = await self._async_token_client(state)
         try:
             async with client.stream(
                 request.method,
@@ -433,12 +495,8 @@ class MtlsOAuth2(httpx.Auth):
             client.close()
 
     async def aclose(self) -> None:
-        """Close the internal clients: the current loop's async one and the sync one."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            current = self._async_clients.pop(loop, None)
-        if current is not None:
-            await current[1].aclose()
+        """Close the internal clients: the current loop's async ones and the sync one."""
+        await self._async_clients.aclose(asyncio.get_running_loop())
         self.close()
 
     def __enter__(self) -> MtlsOAuth2:
@@ -469,9 +527,23 @@ def _lower(headers: httpx.Headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
-def _replayable(request: httpx.Request) -> bool:
-    # Bytes content (including an empty body) is kept in a ByteStream and can be
-    # sent again; a generator or file stream was consumed by the first attempt.
+def _retry_401(request: httpx.Request, response: httpx.Response) -> bool:
+    """A 401 for the request we signed, whose body can be sent again.
+
+    After a redirect to another origin httpx has stripped our Authorization
+    header: a 401 from there says nothing about our token. Bytes content
+    (including an empty body) is kept in a ByteStream and can be replayed; a
+    generator or file stream was consumed by the first attempt.
+    """
+    if response.status_code != 401:
+        return False
+    final = response.request.url
+    if (final.scheme, final.host, final.port) != (
+        request.url.scheme,
+        request.url.host,
+        request.url.port,
+    ):
+        return False
     return isinstance(request.stream, httpx.ByteStream)
 
 
@@ -595,6 +667,7 @@ def _credstore_parts(
     client_private_key: str | bytes | None,
     kwargs: dict[str, Any],
 ) -> tuple[MtlsOAuth2, str, PayloadCipher | None]:
+    binding = Redacted(binding)  # frames captured on error show no key
     auth = MtlsOAuth2.from_binding(binding, namespace=namespace, verify=verify, **kwargs)
     parsed = auth._core.binding
     if parsed is None or parsed.kind != "credstore" or not parsed.url:

@@ -30,9 +30,15 @@ import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Callable
 
-from ._auth import AuthCore, CertificateProvider, CertificateSource, coerce_certificate
-from ._binding import BindingInput, kubernetes_binding_path, select_vcap_service
-from ._certificate import ClientCertificate, Verify
+from ._auth import (
+    AuthCore,
+    AuthState,
+    CertificateProvider,
+    CertificateSource,
+    coerce_certificate,
+)
+from ._binding import BindingInput, Redacted, kubernetes_binding_path, select_vcap_service
+from ._certificate import ClientCertificate, Secret, Verify, redact
 from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
 from ._errors import BindingError, PayloadError
 from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
@@ -61,12 +67,13 @@ class MtlsAdapter(HTTPAdapter):
     def __init__(
         self,
         certificate: CertificateSource,
-        key: str | bytes | None = None,
+        key: str | bytes | Secret | None = None,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
         verify: Verify = True,
         **kwargs: Any,
     ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
         self.certificate = coerce_certificate(certificate, key, password)
         self._verify = verify
         # One context per adapter: urllib3 mutates the context it is given.
@@ -88,9 +95,10 @@ class MtlsAdapter(HTTPAdapter):
 
     def _follow_rotation(self, follow: AuthCore) -> None:
         with self._swap_lock:
-            if follow.generation == self._generation:
+            state = follow.state  # one read: certificate and generation agree
+            if state.generation == self._generation:
                 return
-            generation, certificate = follow.generation, follow.certificate
+            generation, certificate = state.generation, state.certificate
             self.certificate = certificate
             self._ssl_context = certificate.ssl_context(self._verify)
             old = self.poolmanager
@@ -151,9 +159,9 @@ class MtlsOAuth2(requests.auth.AuthBase):
         token_url: str,
         client_id: str,
         certificate: CertificateSource | CertificateProvider,
-        key: str | bytes | None = None,
+        key: str | bytes | Secret | None = None,
         *,
-        password: str | bytes | None = None,
+        password: str | bytes | Secret | None = None,
         namespace: str | None = None,
         scope: str | Iterable[str] | None = None,
         params: Mapping[str, str] | None = None,
@@ -166,6 +174,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         clock: Callable[[], float] | None = None,
         check_interval: float = 5.0,
     ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
         core = AuthCore(
             token_url,
             client_id,
@@ -212,6 +221,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         (``mtls_endpoint_aliases``). Other keyword arguments are those of the
         constructor.
         """
+        binding = Redacted(binding)  # frames captured on error show no key
         self = cls.__new__(cls)
         self._setup(
             AuthCore.from_binding(
@@ -225,7 +235,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         cls, label: str = "xsuaa", name: str | None = None, **kwargs: Any
     ) -> MtlsOAuth2:
         """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
-        return cls.from_binding(select_vcap_service(label, name), **kwargs)
+        return cls.from_binding(Redacted(select_vcap_service(label, name)), **kwargs)
 
     @classmethod
     def from_kubernetes(
@@ -264,6 +274,9 @@ class MtlsOAuth2(requests.auth.AuthBase):
         self._core.destinations.check_url(request.url or "")
         token = self._core.fresh_token() or self._core.token(self._send)
         request.headers["Authorization"] = token.authorization()
+        # Which token this request carries. PreparedRequest.copy() (used for
+        # redirects) does not keep it, so a redirected request never has it.
+        request._mtls_auth_token = token  # type: ignore[attr-defined]
         request.register_hook("response", self._handle_401)  # type: ignore[no-untyped-call]
         return request
 
@@ -271,9 +284,15 @@ class MtlsOAuth2(requests.auth.AuthBase):
         if response.status_code != 401:
             return response
         sent = response.request
+        used = getattr(sent, "_mtls_auth_token", None)
+        # Only the request we signed, still carrying our token: a redirect to
+        # another host (which requests stripped of Authorization) answering 401
+        # must not get the token put back.
+        if used is None or not used.matches(sent.headers.get("Authorization")):
+            return response
         if getattr(sent, "_mtls_auth_retried", False):
             return response
-        self._core.invalidate(sent.headers.get("Authorization"))
+        self._core.invalidate_token(used)
         if not _rewind(sent):
             return response
         # Let the connection go back to the pool before the second attempt.
@@ -286,7 +305,9 @@ class MtlsOAuth2(requests.auth.AuthBase):
         )
         retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
         self._core.destinations.check_url(retry.url or "")
-        retry.headers["Authorization"] = self._core.token(self._send).authorization()
+        token = self._core.token(self._send)
+        retry.headers["Authorization"] = token.authorization()
+        retry._mtls_auth_token = token  # type: ignore[attr-defined]
         second = response.connection.send(retry, **kwargs)
         second.history.append(response)
         second.request = retry
@@ -294,8 +315,8 @@ class MtlsOAuth2(requests.auth.AuthBase):
 
     # -- the token endpoint ----------------------------------------------------------
 
-    def _token_session(self) -> requests.Session:
-        generation = self._core.generation
+    def _token_session(self, state: AuthState) -> requests.Session:
+        generation = state.generation
         current = self._session
         if current is None or current[0] != generation:
             with self._session_lock:
@@ -312,14 +333,14 @@ class MtlsOAuth2(requests.auth.AuthBase):
                     session.proxies.update(
                         requests.utils.get_environ_proxies(self._core.spec.token_url)
                     )
-                    adapter = MtlsAdapter(self._core.certificate, verify=self._core.verify)
+                    adapter = MtlsAdapter(state.certificate, verify=self._core.verify)
                     session.mount("https://", adapter)
                     session.mount("http://", HTTPAdapter(max_retries=0))
                     current = self._session = (generation, session)
         return current[1]
 
-    def _send(self, request: HttpRequest) -> HttpResponse | TransportFailure:
-        session = self._token_session()
+    def _send(self, request: HttpRequest, state: AuthState) -> HttpResponse | TransportFailure:
+        session = self._token_session(state)
         try:
             response = session.request(
                 request.method,
@@ -505,6 +526,7 @@ def credstore_session(
             s.post("password", json={"name": "db", "value": "s3cret"})
             s.get("password", params={"name": "db"}).json()["value"]
     """
+    binding = Redacted(binding)  # frames captured on error show no key
     auth = MtlsOAuth2.from_binding(binding, namespace=namespace, verify=verify, **kwargs)
     parsed = auth._core.binding
     if parsed is None or parsed.kind != "credstore" or not parsed.url:
