@@ -138,10 +138,10 @@ class PayloadCipher:
             if client_private_key is None
             else RSAKey.import_key(_private_key(client_private_key))
         )
-        self._registry = jwe.JWERegistry(
-            header_registry={"iat": _iat_parameter()},
-            algorithms=[_ALG, _ENC],
-        )
+        # Algorithms pinned; header parameters we do not know (jti, exp, private
+        # ones) are ignored as RFC 7516 section 4 requires, and iat is checked
+        # here rather than typed by the registry (RFC 7519 allows a fraction).
+        self._registry = jwe.JWERegistry(algorithms=[_ALG, _ENC], strict_check_header=False)
         self.max_age = max_age
         self._clock = clock
 
@@ -242,12 +242,6 @@ class PayloadCipher:
         raise TypeError("PayloadCipher holds a private key and cannot be pickled")
 
 
-def _iat_parameter() -> Any:
-    from joserfc.registry import HeaderParameter
-
-    return HeaderParameter("Issued at (Credential Store freshness)", "int")
-
-
 def _explain(exc: Exception) -> str:
     name = type(exc).__name__
     description = str(getattr(exc, "description", "") or "")
@@ -298,6 +292,6 @@ def open_response(
         raise PayloadError(
             f"expected an encrypted (application/jose) response but got HTTP {status} "
             f"{_media(content_type) or 'without a content type'} ({len(body)} bytes); "
-            "pass require_encrypted=False if the instance has payload encryption off"
+            "if this endpoint answers in plaintext on purpose, pass require_encrypted=False"
         )
     return None

@@ -1029,7 +1029,12 @@ class TokenServer:
         peer: _Peer | None,
     ) -> _Response:
         issued, refusal = self._check_bearer(path, authorization, peer)
-        if issued is None or issued.path != CREDSTORE_TOKEN_PATH or not issued.namespace:
+        if (
+            refusal is not None
+            or issued is None
+            or issued.path != CREDSTORE_TOKEN_PATH
+            or not issued.namespace
+        ):
             response = refusal or _bearer_error("not a Credential Store token with a namespace")
             self._record_resource(method, path, authorization, peer, response, issued)
             return response
