@@ -349,7 +349,7 @@ class ClientCertificate:
             raise CertificateError(
                 f"the certificate {self.subject!r} is not valid before {_fmt(self._not_before)}"
             )
-        if self._not_after - now <= _EXPIRY_WARNING:
+        if self._not_after - now <= _EXPIRY_WARNING and _first_warning(self._thumbprint):
             logger.warning(
                 "client certificate %r expires on %s (in %s); rotate it",
                 self.subject,
@@ -489,6 +489,18 @@ class ClientCertificate:
 
     def __deepcopy__(self, memo: object) -> ClientCertificate:
         return self
+
+
+_warned_thumbprints: set[str] = set()
+
+
+def _first_warning(thumbprint: str) -> bool:
+    """Warn once per certificate and process, however often it is loaded."""
+    if thumbprint in _warned_thumbprints:
+        return False
+    if len(_warned_thumbprints) < 4096:
+        _warned_thumbprints.add(thumbprint)
+    return True
 
 
 def _fmt(moment: datetime.datetime) -> str:

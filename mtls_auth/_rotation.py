@@ -77,6 +77,7 @@ class CertificateWatch:
         self._next_provider_call = timer() + provider_interval
         self._last_forced = -1e9
         self._warned: set[tuple[str, datetime.timedelta]] = set()
+        self._last_failure: str | None = None
 
     def due(self) -> bool:
         """The hot-path test: one clock reading and a comparison."""
@@ -104,7 +105,8 @@ class CertificateWatch:
                 return None
             certificate = self.current.certificate
             left = certificate.not_after - self._now()
-            self._next_check = now + (1.0 if left < datetime.timedelta(hours=1) else self._interval)
+            soon = left < datetime.timedelta(hours=1)
+            self._next_check = now + (min(1.0, self._interval) if soon else self._interval)
             self._warn_expiry(certificate)
             loaded = self._load(force=force, near_expiry=left <= self._rotate_before, now=now)
             if loaded is None or loaded.certificate == certificate:
@@ -150,9 +152,21 @@ class CertificateWatch:
                     )
                 return Loaded(certificate)
         except (MtlsAuthError, TypeError, ValueError, OSError) as exc:
-            logger.warning("could not load the rotated certificate, keeping the current one: %s",
-                           exc)
+            self._load_failed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a provider's own error must not fail requests
+            # A vault client's message may carry its own secrets: name the type only.
+            self._load_failed(f"the certificate provider raised {type(exc).__name__}")
+        else:
+            self._last_failure = None
         return None
+
+    def _load_failed(self, reason: str) -> None:
+        # Once per distinct failure: a broken binding is checked every few seconds.
+        level = logging.DEBUG if reason == self._last_failure else logging.WARNING
+        self._last_failure = reason
+        logger.log(
+            level, "could not load the rotated certificate, keeping the current one: %s", reason
+        )
 
     def _warn_expiry(self, certificate: ClientCertificate) -> None:
         left = certificate.not_after - self._now()

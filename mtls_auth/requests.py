@@ -101,18 +101,16 @@ class MtlsAdapter(HTTPAdapter):
             generation, certificate = state.generation, state.certificate
             self.certificate = certificate
             self._ssl_context = certificate.ssl_context(self._verify)
-            old = self.poolmanager
-            # New pools with the new context; connections in use finish on the
-            # old ones, which close them when they come back.
+            # New pools with the new context. The old manager is not cleared:
+            # a request another thread already routed to one of its pools must
+            # finish there (older urllib3 closes pools on clear()); it goes with
+            # the garbage collector.
             self.init_poolmanager(
                 self._pool_connections,  # type: ignore[attr-defined]
                 self._pool_maxsize,  # type: ignore[attr-defined]
                 block=self._pool_block,  # type: ignore[attr-defined]
             )
-            for manager in self.proxy_manager.values():
-                manager.clear()
-            self.proxy_manager.clear()
-            old.clear()
+            self.proxy_manager = {}
             self._generation = generation
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
