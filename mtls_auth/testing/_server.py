@@ -1010,7 +1010,9 @@ class TokenServer:
         """
         with self._lock:
             if self._credstore is None:
-                self._credstore = CredstoreApi(clock=self.clock)
+                # Payload iat is wall-clock time on both sides, whatever clock
+                # decides token expiry here.
+                self._credstore = CredstoreApi()
             return self._credstore
 
     @property

@@ -57,8 +57,6 @@ _MARKER_HELP = (
 )
 _BOOL_OPTIONS = ("jwt_tokens", "cert_bound")
 _OPTIONS = ("token_lifetime", *_BOOL_OPTIONS)
-
-
 #: The ``pytest11`` entry point name in setup.cfg.
 _ENTRY_POINT = "mtls_auth"
 
@@ -79,6 +77,7 @@ class _Alias:
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    # Runs when this module is registered: give its other name to an `_Alias`.
     if plugin is not sys.modules.get(__name__):
         return
     name = manager.get_name(plugin)
@@ -109,7 +108,7 @@ def _server_options(node: pytest.Item | pytest.Collector) -> dict[str, Any]:
             )
         options.update(marker.kwargs)
     lifetime = options.get("token_lifetime")
-    if lifetime is not None and (
+    if "token_lifetime" in options and (
         isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0
     ):
         pytest.fail(
