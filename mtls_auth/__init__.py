@@ -8,7 +8,7 @@ errors below. The integrations live in `mtls_auth.requests` and
 
 from __future__ import annotations
 
-from ._certificate import ClientCertificate
+from ._certificate import INSECURE_SKIP_VERIFY, ClientCertificate
 from ._errors import (
     BindingError,
     CertificateError,
@@ -23,6 +23,7 @@ from ._errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "INSECURE_SKIP_VERIFY",
     "BindingError",
     "CertificateError",
     "ClientCertificate",

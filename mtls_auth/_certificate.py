@@ -43,13 +43,13 @@ if TYPE_CHECKING:
         PublicKeyTypes,
     )
 
-__all__ = ["ClientCertificate", "Verify", "build_ssl_context"]
+__all__ = ["INSECURE_SKIP_VERIFY", "ClientCertificate", "Verify", "build_ssl_context"]
 
 logger = logging.getLogger("mtls_auth")
 
 #: What `verify=` accepts: True for the system trust store, a path to a CA bundle
 #: file or a c_rehash directory, or CA certificates as PEM text.
-Verify = Union[bool, str, bytes, "os.PathLike[str]"]
+Verify = Union[bool, str, bytes, "os.PathLike[str]", "_InsecureSkipVerify"]
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",
@@ -531,6 +531,29 @@ def _explain_ssl_error(exc: ssl.SSLError) -> str:
 # -- the SSLContext shell ------------------------------------------------------------
 
 
+class _InsecureSkipVerify:
+    """The one way to turn server certificate verification off: loudly."""
+
+    _instance: _InsecureSkipVerify | None = None
+
+    def __new__(cls) -> _InsecureSkipVerify:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "INSECURE_SKIP_VERIFY"
+
+    def __reduce__(self) -> str:
+        return "INSECURE_SKIP_VERIFY"
+
+
+#: Pass as `verify=` to skip server certificate verification (tests against a
+#: server whose CA you cannot get, never production). Every context built with
+#: it logs a WARNING. `verify=False` is refused, so it cannot happen by accident.
+INSECURE_SKIP_VERIFY = _InsecureSkipVerify()
+
+
 def build_ssl_context(verify: Verify = True) -> ssl.SSLContext:
     """A hardened client context with the given trust anchors and no certificate.
 
@@ -540,7 +563,8 @@ def build_ssl_context(verify: Verify = True) -> ssl.SSLContext:
     if verify is False or verify is None:
         raise InsecureTransportError(
             "verify=False would turn off server certificate verification for an mTLS "
-            "connection; pass a CA bundle path or CA PEM text instead"
+            "connection; pass a CA bundle path or CA PEM text instead (or, for a test "
+            "server only, verify=mtls_auth.INSECURE_SKIP_VERIFY)"
         )
     # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname are on by default.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -554,8 +578,15 @@ def build_ssl_context(verify: Verify = True) -> ssl.SSLContext:
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     if verify is True:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    elif verify is INSECURE_SKIP_VERIFY:
+        logger.warning(
+            "INSECURE_SKIP_VERIFY: server certificates are NOT verified on this connection; "
+            "anyone on the path can impersonate the server and take the token"
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     else:
-        _load_trust(context, verify)
+        _load_trust(context, verify)  # type: ignore[arg-type]
     return context
 
 
