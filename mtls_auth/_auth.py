@@ -242,7 +242,6 @@ class AuthCore:
         )
         self.destinations = _Destinations(allowed_hosts, allow_http_loopback)
         self._rotate_lock = threading.Lock()
-        self._refresh_after_401: float | None = None
         self.watch: CertificateWatch | None = None
         if provider is not None or (_source is not None and _source.rereadable):
             self.watch = CertificateWatch(
@@ -387,20 +386,28 @@ class AuthCore:
         logger.info("retrying the token request with the rotated certificate")
         return await self.cache.aget(state.key, lambda: self._fetch_async(send, state))
 
-    def invalidate_token(self, token: Token) -> None:
+    def invalidate_token(self, token: Token) -> bool:
         """Forget `token` after a 401, if it is still the current one.
 
-        A resource that refuses every token (a missing role, say) would
-        otherwise cost one token request per request: a token fetched because
-        of a 401 is itself dropped for a 401 only once `_401_COOLDOWN` seconds
-        have passed.
+        Returns whether resending with a new token is worth it: not when this
+        very token was fetched to answer a 401 and was refused too, within the
+        last `_401_COOLDOWN` seconds (a resource that refuses every token, say
+        for a missing role, would otherwise cost a token request per request).
         """
-        now = time.monotonic()
-        with self._rotate_lock:
-            if token.after_401 and now < token.after_401 + _401_COOLDOWN:
-                return
-            self._refresh_after_401 = now
+        refused = token.refused_at
+        if refused is not None and time.monotonic() < refused + _401_COOLDOWN:
+            return False
         self.cache.invalidate(token)
+        if self.watch is not None:
+            # A 401 is also what a rotated-and-revoked certificate looks like:
+            # look for a new binding now (rate-limited), not at the next check.
+            self._rotate(force=True)
+        return True
+
+    @staticmethod
+    def refused_after_retry(token: Token) -> None:
+        """The fresh token fetched for a 401 got a 401 too: stop refreshing for it."""
+        token.refused_at = time.monotonic()
 
     def _flow(self, state: AuthState) -> Generator[Step, Reply, Token]:
         spec = state.spec
@@ -425,7 +432,8 @@ class AuthCore:
             try:
                 step = flow.send(reply)
             except StopIteration as done:
-                return self._fetched(done.value)
+                token: Token = done.value
+                return token
 
     async def _fetch_async(self, send: SendAsync, state: AuthState) -> Token:
         flow = self._flow(state)
@@ -439,14 +447,8 @@ class AuthCore:
             try:
                 step = flow.send(reply)
             except StopIteration as done:
-                return self._fetched(done.value)
-
-    def _fetched(self, token: Token) -> Token:
-        with self._rotate_lock:
-            if self._refresh_after_401 is not None:
-                token.after_401 = self._refresh_after_401
-                self._refresh_after_401 = None
-        return token
+                token: Token = done.value
+                return token
 
     # -- presentation ----------------------------------------------------------------
 
@@ -469,7 +471,8 @@ class AuthCore:
         )
 
 
-#: Seconds before a token fetched because of a 401 may itself be dropped for one.
+#: Seconds during which a token that was refused right after a 401 refresh is not
+#: refreshed again for another 401.
 _401_COOLDOWN = 30.0
 
 

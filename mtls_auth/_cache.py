@@ -417,7 +417,7 @@ class TokenCache:
 
     # -- invalidation ----------------------------------------------------------------------
 
-    def invalidate(self, token: Token | None = None) -> None:
+    def invalidate(self, token: Token | None = None) -> bool:
         """Forget `token` (if it is still the current one), or any token if None.
 
         A 401 from the resource names the token that was used; if another caller
@@ -428,6 +428,8 @@ class TokenCache:
             if entry is not None and (token is None or entry[1] is token):
                 self._entry = None
                 self._stale_retry_at = 0.0
+                return True
+        return False
 
     def clear(self) -> None:
         self.invalidate(None)

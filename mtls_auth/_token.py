@@ -208,10 +208,10 @@ class Token:
     __slots__ = (
         "__weakref__",
         "_value",
-        "after_401",
         "expires_at",
         "issued_at",
         "lifetime",
+        "refused_at",
         "token_type",
     )
 
@@ -223,9 +223,8 @@ class Token:
         self.issued_at = issued_at
         self.lifetime = lifetime
         self.expires_at = issued_at + lifetime
-        #: When set (a time.monotonic() reading): fetched because a 401 dropped
-        #: the previous token at that moment.
-        self.after_401: float | None = None
+        #: A time.monotonic() reading: fetched to answer a 401, and refused too.
+        self.refused_at: float | None = None
 
     def authorization(self) -> str:
         """The Authorization header value. Internal: the integrations call it."""

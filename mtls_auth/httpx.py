@@ -41,7 +41,14 @@ from ._binding import BindingInput, Redacted, kubernetes_binding_path, select_vc
 from ._certificate import ClientCertificate, Secret, Verify, redact
 from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
 from ._errors import BindingError
-from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
+from ._token import (
+    MAX_RESPONSE_BYTES,
+    HttpRequest,
+    HttpResponse,
+    RetryPolicy,
+    Token,
+    TransportFailure,
+)
 from ._token import classify_failure as _classify
 
 __all__ = [
@@ -382,10 +389,12 @@ class MtlsOAuth2(httpx.Auth):
         token = core.fresh_token() or core.token(self._send)
         request.headers["Authorization"] = token.authorization()
         response = yield request
-        if _retry_401(request, response):
-            core.invalidate_token(token)
-            request.headers["Authorization"] = core.token(self._send).authorization()
-            yield request
+        if _retry_401(request, response) and core.invalidate_token(token):
+            token = core.token(self._send)
+            request.headers["Authorization"] = token.authorization()
+            response = yield request
+            if response.status_code == 401:
+                core.refused_after_retry(token)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -398,10 +407,12 @@ class MtlsOAuth2(httpx.Auth):
         token = core.fresh_token() or await core.atoken(self._asend)
         request.headers["Authorization"] = token.authorization()
         response = yield request
-        if _retry_401(request, response):
-            core.invalidate_token(token)
-            request.headers["Authorization"] = (await core.atoken(self._asend)).authorization()
-            yield request
+        if _retry_401(request, response) and await _ainvalidate(core, token):
+            token = await core.atoken(self._asend)
+            request.headers["Authorization"] = token.authorization()
+            response = yield request
+            if response.status_code == 401:
+                core.refused_after_retry(token)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise RuntimeError("MtlsOAuth2 drives sync_auth_flow and async_auth_flow directly")
@@ -525,6 +536,13 @@ class MtlsOAuth2(httpx.Auth):
 
 def _lower(headers: httpx.Headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
+
+
+async def _ainvalidate(core: AuthCore, token: Token) -> bool:
+    if core.watch is None:
+        return core.invalidate_token(token)
+    # With a watched binding, invalidation checks the files: off the event loop.
+    return await asyncio.get_running_loop().run_in_executor(None, core.invalidate_token, token)
 
 
 def _retry_401(request: httpx.Request, response: httpx.Response) -> bool:

@@ -290,8 +290,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
             return response
         if getattr(sent, "_mtls_auth_retried", False):
             return response
-        self._core.invalidate_token(used)
-        if not _rewind(sent):
+        if not self._core.invalidate_token(used) or not _rewind(sent):
             return response
         # Let the connection go back to the pool before the second attempt.
         _ = response.content
@@ -307,6 +306,8 @@ class MtlsOAuth2(requests.auth.AuthBase):
         retry.headers["Authorization"] = token.authorization()
         retry._mtls_auth_token = token  # type: ignore[attr-defined]
         second = response.connection.send(retry, **kwargs)
+        if second.status_code == 401:
+            self._core.refused_after_retry(token)
         second.history.append(response)
         second.request = retry
         return second

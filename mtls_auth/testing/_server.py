@@ -60,6 +60,7 @@ __all__ = [
     "CREDSTORE_TOKEN_PATH",
     "XSUAA_TOKEN_PATH",
     "Fault",
+    "FaultStream",
     "ResourceRequest",
     "TokenRequest",
     "TokenServer",
@@ -144,7 +145,21 @@ class _Peer:
 
 # -- faults ------------------------------------------------------------------------
 
-FaultKind = Literal["status", "delay", "malformed_json", "reset", "body"]
+FaultKind = Literal[
+    "status",
+    "delay",
+    "malformed_json",
+    "reset",
+    "body",
+    "slow_headers",
+    "reset_mid_body",
+    "huge_body",
+]
+#: Fault kinds the handler writes itself, byte by byte or chunk by chunk.
+_STREAMED_KINDS = frozenset({"slow_headers", "reset_mid_body", "huge_body"})
+_HUGE_BODY_PREFIX = b'{"access_token":"'
+_HUGE_BODY_SUFFIX = b'","token_type":"bearer","expires_in":3600}'
+_HUGE_BODY_CHUNK = 1 << 16
 
 
 def _default_error(code: int) -> str:
@@ -163,6 +178,34 @@ class Fault:
 
     Queue it with `TokenServer.inject`. Faults act before the request is
     authenticated, the way a gateway in front of the real service would.
+
+    Kinds:
+
+    ``status``
+        `Fault.status`: an HTTP error with a JSON body and optional
+        ``Retry-After`` (delta-seconds or an HTTP date, sent verbatim).
+    ``delay``
+        `Fault.delay`: wait, then answer normally.
+    ``malformed_json``
+        `Fault.malformed_json`: 200 with truncated JSON.
+    ``reset``
+        `Fault.reset`: TCP RST instead of any response.
+    ``body``
+        `Fault.body`: exactly the given bytes as the body.
+    ``slow_headers``
+        `Fault.slow_headers`: a slow loris; the status line, then one header
+        byte every `interval` seconds, never ending the headers, for at most
+        `seconds` (then the connection is closed) or until the client goes away.
+    ``reset_mid_body``
+        `Fault.reset_mid_body`: headers with a Content-Length, half the body,
+        then a TCP RST.
+    ``huge_body``
+        `Fault.huge_body`: a 200 announcing `size` bytes of JSON and streaming
+        them in 64 KiB chunks without ever holding them in memory, until done,
+        the client goes away or the server stops.
+
+    The streamed kinds (the last three) are recorded in
+    `TokenServer.fault_streams` once the handler is done with them.
     """
 
     kind: FaultKind
@@ -171,6 +214,10 @@ class Fault:
     content_type: str = _JSON_TYPE
     headers: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
+    #: ``slow_headers``: seconds between two header bytes.
+    interval: float = 0.0
+    #: ``huge_body``: the announced and streamed body length in bytes.
+    size: int = 0
 
     @classmethod
     def status(
@@ -218,6 +265,61 @@ class Fault:
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
         return cls("body", status_code=status, payload=raw, content_type=content_type)
+
+    @classmethod
+    def slow_headers(cls, interval: float = 0.1, total: float = 10.0) -> Fault:
+        """A slow loris: the status line, then one header byte every `interval` seconds.
+
+        The headers never end: after `total` seconds the server closes the
+        connection; it stops earlier when the client goes away or the server stops.
+        """
+        if interval <= 0 or total <= 0:
+            raise ValueError("interval and total must be positive")
+        return cls("slow_headers", seconds=float(total), interval=float(interval))
+
+    @classmethod
+    def reset_mid_body(cls, raw: bytes | str | None = None) -> Fault:
+        """Headers with a Content-Length, the first half of the body, then a TCP RST.
+
+        `raw` is the full body announced (default: a well-formed token response).
+        """
+        if raw is None:
+            raw = _json_bytes(
+                {"access_token": "x" * 64, "token_type": "bearer", "expires_in": 3600}
+            )
+        elif isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        return cls("reset_mid_body", payload=raw)
+
+    @classmethod
+    def huge_body(cls, size: int = 1 << 30) -> Fault:
+        """A 200 announcing `size` bytes (default 1 GiB) and streaming them.
+
+        The body is a token response whose access_token fills it, so a client
+        without a size cap would read it all (and even parse it). Nothing that
+        size is ever allocated; streaming stops as soon as the client goes away.
+        """
+        minimum = len(_HUGE_BODY_PREFIX) + len(_HUGE_BODY_SUFFIX)
+        if size < minimum:
+            raise ValueError(f"size must be at least {minimum} bytes")
+        return cls("huge_body", size=int(size))
+
+
+@dataclass(frozen=True)
+class FaultStream:
+    """What became of one streamed fault (`Fault.slow_headers`, ``reset_mid_body``, ``huge_body``).
+
+    `bytes_sent` counts what the handler wrote after the status line (header
+    bytes for a slow loris, body bytes otherwise); `ended` is ``"done"`` (all
+    of it went out, or the slow loris reached its total), ``"client"`` (the
+    client went away: a write failed) or ``"stopped"`` (the server stopped);
+    `seconds` is how long the handler spent on it.
+    """
+
+    kind: FaultKind
+    bytes_sent: int
+    ended: Literal["done", "client", "stopped"]
+    seconds: float
 
 
 class _QueuedFault:
@@ -423,9 +525,37 @@ class _Handler(BaseHTTPRequestHandler):
             self.handshake_ok = True
         except (OSError, ValueError) as exc:
             owner._record_handshake_failure(exc)
+            if owner.handshake_linger > 0:
+                self._linger(conn, owner.handshake_linger)
         with contextlib.suppress(OSError):
             conn.settimeout(owner.idle_timeout)  # keep-alive idle limit
         super().setup()
+
+    def _linger(self, conn: ssl.SSLSocket, seconds: float) -> None:
+        """After a failed handshake: half-close, then drain what the client still sends.
+
+        The TLS alert is already on its way; closing with unread client data
+        (a TLS 1.3 client sends its request straight after its Finished) would
+        make the kernel send a RST, which can overtake the alert. Reading on the
+        raw socket until the client closes, `seconds` pass or the server stops
+        lets the client see the alert.
+        """
+        owner = self.server.owner
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(conn, socket.SHUT_WR)
+        while not owner._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                conn.settimeout(min(0.05, left))
+                if not socket.socket.recv(conn, _READ_CHUNK):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
 
     def handle(self) -> None:
         if not self.handshake_ok:
@@ -499,6 +629,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(_Response(404, _json_bytes({"error": "not_found"})))
         except _ResetConnection:
             self._reset()
+        except _StreamFault as streamed:
+            self._stream_fault(streamed.fault)
 
     def _token(self, owner: TokenServer, path: str, content: bytes) -> None:
         fault = owner._apply_fault_prelude(path, content, self.peer)
@@ -602,8 +734,95 @@ class _Handler(BaseHTTPRequestHandler):
         conn.close()
 
 
+    # -- streamed faults --
+
+    def _stream_fault(self, fault: Fault) -> None:
+        """Play a streamed fault on this connection, then record how it ended."""
+        self.close_connection = True
+        owner = self.server.owner
+        started = time.monotonic()
+        progress = [0]
+        ended: Literal["done", "client", "stopped"]
+        try:
+            if fault.kind == "slow_headers":
+                ended = self._slow_headers(fault, progress)
+            elif fault.kind == "reset_mid_body":
+                ended = self._reset_mid_body(fault, progress)
+            else:
+                ended = self._huge_body(fault, progress)
+        except (OSError, ValueError):
+            # A write to a client that went away (ValueError: the file was closed).
+            ended = "stopped" if owner._stopping.is_set() else "client"
+        record = FaultStream(fault.kind, progress[0], ended, time.monotonic() - started)
+        logger.debug("streamed fault %s ended (%s, %d bytes)", fault.kind, ended, progress[0])
+        with owner._lock:
+            owner._fault_streams.append(record)
+
+    def _write_now(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _slow_headers(self, fault: Fault, progress: list[int]) -> Literal["done", "stopped"]:
+        owner = self.server.owner
+        self._write_now(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow-Loris: ")
+        deadline = time.monotonic() + fault.seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "done"
+            if owner._stopping.wait(min(fault.interval, left)):
+                return "stopped"
+            # One never-ending header value: no header count limit is reached.
+            self._write_now(b"a")
+            progress[0] += 1
+
+    def _reset_mid_body(self, fault: Fault, progress: list[int]) -> Literal["done", "stopped"]:
+        owner = self.server.owner
+        body = fault.payload
+        self.send_response(200)
+        self.send_header("Content-Type", fault.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        half = body[: len(body) // 2]
+        self._write_now(half)
+        progress[0] = len(half)
+        # Let the client get into the body before the reset arrives.
+        stopped = owner._stopping.wait(0.05)
+        self._reset()
+        return "stopped" if stopped else "done"
+
+    def _huge_body(self, fault: Fault, progress: list[int]) -> Literal["done", "stopped"]:
+        owner = self.server.owner
+        size = fault.size
+        self.send_response(200)
+        self.send_header("Content-Type", _JSON_TYPE)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self._write_now(_HUGE_BODY_PREFIX)
+        progress[0] = len(_HUGE_BODY_PREFIX)
+        filler = b"a" * _HUGE_BODY_CHUNK
+        fill_to = size - len(_HUGE_BODY_SUFFIX)
+        while progress[0] < fill_to:
+            if owner._stopping.is_set():
+                return "stopped"
+            n = min(_HUGE_BODY_CHUNK, fill_to - progress[0])
+            self.wfile.write(filler if n == _HUGE_BODY_CHUNK else filler[:n])
+            progress[0] += n
+        self._write_now(_HUGE_BODY_SUFFIX)
+        progress[0] += len(_HUGE_BODY_SUFFIX)
+        return "done"
+
+
 class _ResetConnection(Exception):
     """Raised inside a handler to abort the connection with a reset."""
+
+
+class _StreamFault(Exception):
+    """Raised inside a handler to play a streamed fault (slow loris, huge body, ...)."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.kind)
+        self.fault = fault
 
 
 # -- the server ----------------------------------------------------------------------
@@ -622,6 +841,10 @@ class TokenServer:
     the resource also requires the presented certificate to be the one the
     token was issued to (RFC 8705). `server_credential` replaces the PKI's
     localhost server certificate, e.g. with `PKI.expired_server`.
+    `handshake_linger` (seconds, default 0: close at once) makes the server
+    drain the connection after a failed handshake so the client reliably
+    reads the TLS alert (with TLS 1.3 an immediate close can reset the
+    connection before the client has read it).
 
     Use it as a context manager or call `start` and `stop`. Every switch is
     safe to flip from the test thread while requests are in flight.
@@ -639,6 +862,7 @@ class TokenServer:
         server_credential: Credential | None = None,
         handshake_timeout: float = 5.0,
         idle_timeout: float = 60.0,
+        handshake_linger: float = 0.0,
     ) -> None:
         self.pki = pki
         self.token_lifetime = float(token_lifetime)
@@ -649,6 +873,7 @@ class TokenServer:
         self.server_credential = server_credential
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        self.handshake_linger = handshake_linger
 
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -665,6 +890,7 @@ class TokenServer:
         self._token_requests: list[TokenRequest] = []
         self._resource_requests: list[ResourceRequest] = []
         self._handshake_failures: list[str] = []
+        self._fault_streams: list[FaultStream] = []
         self._jwt_key: rsa.RSAPrivateKey | None = None
         self._credstore: CredstoreApi | None = None
 
@@ -858,6 +1084,8 @@ class TokenServer:
             return None
         if fault.kind == "reset":
             raise _ResetConnection
+        if fault.kind in _STREAMED_KINDS:
+            raise _StreamFault(fault)
         return _Response(fault.status_code, fault.payload, fault.content_type, fault.headers)
 
     # -- token endpoint ----------------------------------------------------------------
@@ -1160,6 +1388,15 @@ class TokenServer:
             return list(self._handshake_failures)
 
     @property
+    def fault_streams(self) -> list[FaultStream]:
+        """How each streamed fault ended, oldest first (a copy).
+
+        A record appears once the handler is done with the fault: poll for it.
+        """
+        with self._lock:
+            return list(self._fault_streams)
+
+    @property
     def connections_accepted(self) -> int:
         """TCP connections accepted so far (keep-alive reuse keeps this low)."""
         httpd = self._httpd
@@ -1195,7 +1432,7 @@ class TokenServer:
         }
 
     def clear(self) -> None:
-        """Forget recorded requests, handshake failures and queued faults.
+        """Forget recorded requests, handshake failures, queued faults and fault streams.
 
         Issued tokens, registrations and revocations stay.
         """
@@ -1204,6 +1441,7 @@ class TokenServer:
             self._resource_requests.clear()
             self._handshake_failures.clear()
             self._faults.clear()
+            self._fault_streams.clear()
 
 
 def _parse_form(content: bytes) -> tuple[dict[str, str], str | None]:
