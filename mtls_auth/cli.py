@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -30,6 +31,10 @@ from ._errors import MtlsAuthError
 __all__ = ["main"]
 
 EXIT_USAGE = 3
+
+
+class UsageError(ValueError):
+    """Arguments that do not make a command (exit 3)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,10 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mtls-auth: interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(f"mtls-auth {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (MtlsAuthError, ImportError, OSError, ValueError) as exc:
         if args.debug:
             raise
-        print(f"mtls-auth {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        message = None
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+            message = f"{exc.strerror}: {exc.filename!r}"
+        print(
+            f"mtls-auth {args.command}: error: {message or _one_line(exc)}", file=sys.stderr
+        )
         return EXIT_ERROR
     except Exception as exc:
         if args.debug:
@@ -156,11 +169,13 @@ def _binding_input(args: argparse.Namespace) -> tuple[Any, str]:
     path = getattr(args, "binding", None)
     if args.vcap:
         if path:
-            raise ValueError("give either a binding or --vcap, not both")
+            raise UsageError("give either a binding or --vcap, not both")
         label, _, name = args.vcap.partition(":")
         return select_vcap_service(label, name or None), f"VCAP_SERVICES {args.vcap}"
     if not path:
-        raise ValueError("a binding (service-key file or directory) or --vcap is required")
+        raise UsageError("a binding (service-key file or directory) or --vcap is required")
+    if not path.lstrip().startswith("{") and not os.path.exists(path):
+        raise FileNotFoundError(f"no service-key file or binding directory at {path!r}")
     return path, path
 
 
@@ -331,10 +346,12 @@ def _send(
             )
         elif cert_bound:
             session.mount("https://", auth.adapter())
-        if verify is not True:
-            session.verify = verify
         with session:
-            response = session.request(method, url, headers=headers, data=body, timeout=30)
+            # verify= per request: requests lets REQUESTS_CA_BUNDLE override
+            # session.verify, but not an explicit argument.
+            response = session.request(
+                method, url, headers=headers, data=body, timeout=30, verify=verify
+            )
             return (
                 response.status_code,
                 response.reason or "",
