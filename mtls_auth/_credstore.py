@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Union
@@ -29,7 +30,7 @@ from ._errors import PayloadError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["JOSE_CONTENT_TYPE", "PayloadCipher", "open_response", "seal_request"]
+__all__ = ["JOSE_CONTENT_TYPE", "PayloadCipher", "available", "open_response", "seal_request"]
 
 JOSE_CONTENT_TYPE = "application/jose"
 _ALG = "RSA-OAEP-256"
@@ -38,15 +39,38 @@ _ENC = "A256GCM"
 KeyInput = Union[str, bytes, "rsa.RSAPublicKey", "rsa.RSAPrivateKey"]
 
 
+#: joserfc before 1.7.2 computes the AES-GCM additional data from a re-encoded
+#: protected header instead of the header as received, so a payload from any
+#: other JOSE implementation fails to decrypt. 1.7.2 needs Python 3.10.
+_JOSERFC_MIN = (1, 7, 2)
+
+
 def _joserfc() -> Any:
     try:
+        import joserfc
         from joserfc import jwe
     except ImportError as exc:
         raise ImportError(
             "Credential Store payload encryption needs joserfc: "
             "pip install mtls-auth[credstore]"
         ) from exc
+    version = tuple(int(p) for p in re.findall(r"\d+", getattr(joserfc, "__version__", "0"))[:3])
+    if version < _JOSERFC_MIN:
+        raise ImportError(
+            f"Credential Store payload encryption needs joserfc >= 1.7.2 (found "
+            f"{getattr(joserfc, '__version__', 'unknown')}, which cannot decrypt payloads from "
+            "other JOSE implementations); it needs Python 3.10 or newer"
+        )
     return jwe
+
+
+def available() -> bool:
+    """Whether payload encryption can work here (joserfc >= 1.7.2 installed)."""
+    try:
+        _joserfc()
+    except ImportError:
+        return False
+    return True
 
 
 def _der_or_pem(value: str | bytes, what: str) -> tuple[bytes, bool]:

@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar
 import pytest
 
 import mtls_auth
-from mtls_auth import cli
+from mtls_auth import _credstore, cli
 from mtls_auth.testing import (
     PKI,
     Credential,
@@ -39,6 +39,10 @@ from mtls_auth.testing import (
     vcap_services,
     write_kubernetes_binding,
     xsuaa_service_key,
+)
+
+NEEDS_JOSERFC = pytest.mark.skipif(
+    not _credstore.available(), reason="payload encryption needs joserfc >= 1.7.2 (Python 3.10+)"
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -341,7 +345,8 @@ def test_demo(run: Runner, recorded_servers: list[TokenServer]) -> None:
     assert f"httpx async: {2 * calls}/{2 * calls} concurrent calls succeeded" in out
     assert re.search(r"namespace '[^']+' sent as credstore_namespace \(arrived exactly\)", out)
     assert "the password went out as application/jose" in out
-    assert "came back decrypted: ok" in out
+    if _credstore.available():
+        assert "came back decrypted: ok" in out
     assert "MISMATCH" not in out
     assert "does NOT match" not in out
     done = re.search(r"Done in (\d+\.\d)s\. Next, with a real binding:", out)
@@ -770,6 +775,7 @@ def _credstore_session(env: Env) -> Any:
 
 
 @also_as_console_script
+@NEEDS_JOSERFC
 def test_request_credstore_get_decrypts(run: Runner, env: Env) -> None:
     name = f"get-{run.mode}"
     with _credstore_session(env) as session:
@@ -792,6 +798,7 @@ def test_request_credstore_get_decrypts(run: Runner, env: Env) -> None:
     assert_no_secrets(result, env)
 
 
+@NEEDS_JOSERFC
 def test_request_credstore_post_encrypts(run: Runner, env: Env) -> None:
     name = f"post-{run.mode}"
     result = run(
@@ -823,6 +830,7 @@ def test_request_credstore_post_encrypts(run: Runner, env: Env) -> None:
     assert_no_secrets(result, env)
 
 
+@NEEDS_JOSERFC
 def test_request_credstore_no_decrypt_shows_the_jwe(run: Runner, env: Env) -> None:
     name = f"raw-{run.mode}"
     with _credstore_session(env) as session:
@@ -848,6 +856,7 @@ def test_request_credstore_no_decrypt_shows_the_jwe(run: Runner, env: Env) -> No
     assert_no_secrets(result, env)
 
 
+@NEEDS_JOSERFC
 def test_request_credstore_no_decrypt_sends_headers_as_given(run: Runner, env: Env) -> None:
     result = run(
         "request",

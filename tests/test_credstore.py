@@ -29,6 +29,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mtls_auth import _credstore
+
+if not _credstore.available():  # pragma: no cover - Python 3.9
+    pytest.skip(
+        "Credential Store payloads need joserfc >= 1.7.2 (Python 3.10+)", allow_module_level=True
+    )
+
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import MtlsAuthError, PayloadError

@@ -733,7 +733,6 @@ class _Handler(BaseHTTPRequestHandler):
                 stream.close()
         conn.close()
 
-
     # -- streamed faults --
 
     def _stream_fault(self, fault: Fault) -> None:
