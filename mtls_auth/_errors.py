@@ -87,8 +87,8 @@ class TokenRequestError(TokenError):
 class TokenResponseError(TokenError):
     """The token endpoint answered with an error or with something that is not a token.
 
-    `status_code` is the HTTP status (or None when the status was fine but the body
-    was not a usable token). `error` and `error_description` are the RFC 6749
+    `status_code` is the HTTP status the endpoint answered with (also for a 2xx
+    whose body was not a usable token). `error` and `error_description` are the RFC 6749
     section 5.2 fields when the server sent them; they are server-chosen strings
     and are shortened and stripped of control characters before being kept.
     """

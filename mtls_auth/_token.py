@@ -273,7 +273,9 @@ class _Redacted:
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)
 
 
-def _lifetime(data: Mapping[str, object], access_token: _Redacted, url: str) -> float:
+def _lifetime(
+    data: Mapping[str, object], access_token: _Redacted, url: str, status: int
+) -> float:
     raw = data.get("expires_in")
     if raw is None:
         exp = _jwt_exp(str(access_token.value))
@@ -302,7 +304,8 @@ def _lifetime(data: Mapping[str, object], access_token: _Redacted, url: str) -> 
     if not math.isfinite(value) or value < 0:
         raise TokenResponseError(
             f"token endpoint {url} sent an unusable expires_in "
-            f"({type(raw).__name__} {_clean(str(raw), 40)!r}): expected seconds >= 0"
+            f"({type(raw).__name__} {_clean(str(raw), 40)!r}): expected seconds >= 0",
+            status_code=status,
         )
     return min(value, MAX_LIFETIME)
 
@@ -379,7 +382,7 @@ def parse_token_response(
             "only bearer tokens are supported",
             status_code=status,
         )
-    lifetime = _lifetime(data, value, url)
+    lifetime = _lifetime(data, value, url, status)
     return Token(value.value, token_type="bearer", issued_at=sent_at, lifetime=lifetime)  # noqa: S106
 
 
@@ -617,6 +620,11 @@ def _classify_one(current: BaseException, original: BaseException) -> TransportF
         )
     if isinstance(current, (socket.timeout, TimeoutError)):
         return TransportFailure("timeout", "no answer in time", original)
+    if type(current).__name__ == "BrokenResourceError" and not (
+        current.__cause__ or current.__context__
+    ):
+        # anyio's word for a stream the peer dropped (a lost TLS alert, often).
+        return TransportFailure("tls_closed", "the TLS connection was closed early", original)
     if isinstance(current, ConnectionRefusedError):
         return TransportFailure("connect", "connection refused", original)
     if isinstance(current, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):

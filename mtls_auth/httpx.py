@@ -50,6 +50,7 @@ from ._token import (
     TransportFailure,
 )
 from ._token import classify_failure as _classify
+from ._watchdog import SocketRegistry, watchdog
 
 __all__ = [
     "AsyncCredstoreTransport",
@@ -303,6 +304,7 @@ class MtlsOAuth2(httpx.Auth):
         self._lock = threading.Lock()
         self._client: tuple[int, httpx.Client] | None = None
         self._retired: list[httpx.Client] = []
+        self._sockets = SocketRegistry()
         self._async_clients = _LoopClients()
 
     @classmethod
@@ -451,6 +453,27 @@ class MtlsOAuth2(httpx.Auth):
 
     def _send(self, request: HttpRequest, state: AuthState) -> HttpResponse | TransportFailure:
         client = self._token_client(state)
+        registry = self._sockets
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            # Every new TLS connection of the token client, for the watchdog.
+            if event == "connection.start_tls.complete":
+                stream = info.get("return_value")
+                if stream is not None:
+                    registry.add(stream.get_extra_info("socket"))
+
+        # The whole attempt, headers and body, within request.timeout: a
+        # watchdog severs the connection of a server that drips bytes.
+        with watchdog(registry, request.timeout) as fired:
+            outcome = self._exchange(client, request, trace)
+        if fired.is_set():
+            return TransportFailure("timeout", f"no complete answer within {request.timeout:.1f}s")
+        return outcome
+
+    @staticmethod
+    def _exchange(
+        client: httpx.Client, request: HttpRequest, trace: Callable[[str, dict[str, Any]], None]
+    ) -> HttpResponse | TransportFailure:
         try:
             with client.stream(
                 request.method,
@@ -458,6 +481,7 @@ class MtlsOAuth2(httpx.Auth):
                 content=request.body,
                 headers=request.headers,
                 timeout=request.timeout,
+                extensions={"trace": trace},
             ) as response:
                 body = bytearray()
                 for chunk in response.iter_bytes():
@@ -474,6 +498,18 @@ class MtlsOAuth2(httpx.Auth):
         self, request: HttpRequest, state: AuthState
     ) -> HttpResponse | TransportFailure:
         client = await self._async_token_client(state)
+        try:
+            # The whole attempt within request.timeout, not just each read.
+            return await asyncio.wait_for(self._aexchange(client, request), request.timeout)
+        except asyncio.TimeoutError as exc:
+            return TransportFailure(
+                "timeout", f"no complete answer within {request.timeout:.1f}s", exc
+            )
+
+    @staticmethod
+    async def _aexchange(
+        client: httpx.AsyncClient, request: HttpRequest
+    ) -> HttpResponse | TransportFailure:
         try:
             async with client.stream(
                 request.method,

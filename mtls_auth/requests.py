@@ -43,6 +43,7 @@ from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_re
 from ._errors import BindingError, PayloadError
 from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
 from ._token import classify_failure as _classify
+from ._watchdog import SocketRegistry, watchdog
 
 __all__ = [
     "CredstoreAdapter",
@@ -134,6 +135,38 @@ class MtlsAdapter(HTTPAdapter):
 
     def __getstate__(self) -> Any:
         raise TypeError("MtlsAdapter holds a private key and cannot be pickled")
+
+
+class _TokenAdapter(MtlsAdapter):
+    """The internal token session's adapter: records its sockets for the watchdog."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sockets = SocketRegistry()
+        super().__init__(*args, **kwargs)
+
+    def _record(self, manager: Any) -> Any:
+        registry = self.sockets
+        base_pool = manager.pool_classes_by_scheme["https"]
+
+        class _Connection(base_pool.ConnectionCls):  # type: ignore[misc, name-defined]
+            def connect(self) -> None:
+                super().connect()
+                registry.add(self.sock)
+
+        class _Pool(base_pool):  # type: ignore[misc, valid-type]
+            ConnectionCls = _Connection
+
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _Pool}
+        return manager
+
+    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(*args, **pool_kwargs)
+        self._record(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        fresh = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        return self._record(manager) if fresh else manager
 
 
 class MtlsOAuth2(requests.auth.AuthBase):
@@ -332,7 +365,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
                     session.proxies.update(
                         requests.utils.get_environ_proxies(self._core.spec.token_url)
                     )
-                    adapter = MtlsAdapter(state.certificate, verify=self._core.verify)
+                    adapter = _TokenAdapter(state.certificate, verify=self._core.verify)
                     session.mount("https://", adapter)
                     session.mount("http://", HTTPAdapter(max_retries=0))
                     current = self._session = (generation, session)
@@ -340,6 +373,20 @@ class MtlsOAuth2(requests.auth.AuthBase):
 
     def _send(self, request: HttpRequest, state: AuthState) -> HttpResponse | TransportFailure:
         session = self._token_session(state)
+        adapter = session.get_adapter("https://")
+        registry = adapter.sockets if isinstance(adapter, _TokenAdapter) else SocketRegistry()
+        # The whole attempt, headers and body, within request.timeout: a
+        # watchdog severs the connection of a server that drips bytes.
+        with watchdog(registry, request.timeout) as fired:
+            outcome = self._exchange(session, request)
+        if fired.is_set():
+            return TransportFailure("timeout", f"no complete answer within {request.timeout:.1f}s")
+        return outcome
+
+    @staticmethod
+    def _exchange(
+        session: requests.Session, request: HttpRequest
+    ) -> HttpResponse | TransportFailure:
         try:
             response = session.request(
                 request.method,
