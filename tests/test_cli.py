@@ -344,9 +344,11 @@ def test_demo(run: Runner, recorded_servers: list[TokenServer]) -> None:
     assert f"httpx sync: {calls}/{calls} calls succeeded" in out
     assert f"httpx async: {2 * calls}/{2 * calls} concurrent calls succeeded" in out
     assert re.search(r"namespace '[^']+' sent as credstore_namespace \(arrived exactly\)", out)
-    assert "the password went out as application/jose" in out
     if _credstore.available():
+        assert "the password went out as application/jose" in out
         assert "came back decrypted: ok" in out
+    else:  # Python 3.9
+        assert "encryption needs joserfc >= 1.7.2" in out
     assert "MISMATCH" not in out
     assert "does NOT match" not in out
     done = re.search(r"Done in (\d+\.\d)s\. Next, with a real binding:", out)
@@ -883,7 +885,7 @@ def test_request_credstore_no_decrypt_sends_headers_as_given(run: Runner, env: E
     assert "payload rejected" in result.out
 
 
-@pytest.mark.parametrize("kind", ["xsuaa", "credstore"])
+@pytest.mark.parametrize("kind", ["xsuaa", pytest.param("credstore", marks=NEEDS_JOSERFC)])
 def test_request_with_httpx(
     run_inprocess: Runner, env: Env, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
