@@ -97,7 +97,7 @@ def _is_loopback(host: str) -> bool:
 class _Destinations:
     """Decides, per scheme and host, whether a request may carry the token."""
 
-    __slots__ = ("_allow_http_loopback", "_allowed", "_seen")
+    __slots__ = ("_allow_http_loopback", "_allowed", "_origins", "_seen")
 
     def __init__(self, allowed_hosts: Collection[str] | None, allow_http_loopback: bool) -> None:
         if isinstance(allowed_hosts, str):
@@ -110,6 +110,9 @@ class _Destinations:
         self._allow_http_loopback = allow_http_loopback
         # Decisions are cached: the hot path is one dict lookup.
         self._seen: dict[tuple[str, str], bool] = {}
+        # ...keyed by the URL's "scheme://netloc" text for check_url, so a URL
+        # is parsed once per distinct origin, not once per request.
+        self._origins: dict[str, tuple[str, str]] = {}
 
     def check(self, scheme: str, host: str) -> None:
         ok = self._seen.get((scheme, host))
@@ -121,8 +124,21 @@ class _Destinations:
             self._refuse(scheme, host)
 
     def check_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.check(parts.scheme.lower(), (parts.hostname or "").lower())
+        # The origin text: everything before the path, query or fragment (so
+        # userinfo tricks such as "https://a.com@b.com/" stay in the key).
+        end = len(url)
+        for mark in "/?#":
+            at = url.find(mark, url.find("//") + 2 if "//" in url else 0)
+            if 0 <= at < end:
+                end = at
+        origin = url[:end]
+        known = self._origins.get(origin)
+        if known is None:
+            parts = urlsplit(url)
+            known = (parts.scheme.lower(), (parts.hostname or "").lower())
+            if len(self._origins) < 1024:
+                self._origins[origin] = known
+        self.check(*known)
 
     @staticmethod
     def _normal(host: str) -> str:

@@ -218,7 +218,8 @@ class Token:
     def __init__(
         self, value: str, *, token_type: str, issued_at: float, lifetime: float
     ) -> None:
-        self._value = value
+        # Kept as the ready header value: the hot path does no string work.
+        self._value = "Bearer " + value
         self.token_type = token_type
         self.issued_at = issued_at
         self.lifetime = lifetime
@@ -228,11 +229,11 @@ class Token:
 
     def authorization(self) -> str:
         """The Authorization header value. Internal: the integrations call it."""
-        return "Bearer " + self._value
+        return self._value
 
     def matches(self, authorization: str | None) -> bool:
         """Whether an Authorization header carried this token."""
-        return authorization == "Bearer " + self._value
+        return authorization == self._value
 
     def __repr__(self) -> str:
         return f"<Token {self.token_type} lifetime={self.lifetime:.0f}s value=[redacted]>"

@@ -308,7 +308,10 @@ class MtlsOAuth2(requests.auth.AuthBase):
         # Which token this request carries. PreparedRequest.copy() (used for
         # redirects) does not keep it, so a redirected request never has it.
         request._mtls_auth_token = token  # type: ignore[attr-defined]
-        request.register_hook("response", self._handle_401)  # type: ignore[no-untyped-call]
+        request._mtls_auth_owner = self._core  # type: ignore[attr-defined]
+        # hooks["response"] is the list register_hook() appends to, without its
+        # isinstance(hook, Callable) ABC check on every request.
+        request.hooks["response"].append(self._handle_401)
         return request
 
     def _handle_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
@@ -318,8 +321,13 @@ class MtlsOAuth2(requests.auth.AuthBase):
         used = getattr(sent, "_mtls_auth_token", None)
         # Only the request we signed, still carrying our token: a redirect to
         # another host (which requests stripped of Authorization) answering 401
-        # must not get the token put back.
-        if used is None or not used.matches(sent.headers.get("Authorization")):
+        # must not get the token put back, and a request another auth object
+        # signed last is that object's business.
+        if (
+            used is None
+            or getattr(sent, "_mtls_auth_owner", None) is not self._core
+            or not used.matches(sent.headers.get("Authorization"))
+        ):
             return response
         if getattr(sent, "_mtls_auth_retried", False):
             return response
@@ -338,6 +346,7 @@ class MtlsOAuth2(requests.auth.AuthBase):
         token = self._core.token(self._send)
         retry.headers["Authorization"] = token.authorization()
         retry._mtls_auth_token = token  # type: ignore[attr-defined]
+        retry._mtls_auth_owner = self._core  # type: ignore[attr-defined]
         second = response.connection.send(retry, **kwargs)
         if second.status_code == 401:
             self._core.refused_after_retry(token)
