@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ._binding import Binding, BindingInput, BindingSource, discover_token_endpoint
 from ._cache import RefreshPolicy, TokenCache
-from ._certificate import ClientCertificate, Secret, Verify, redact
+from ._certificate import ClientCertificate, Secret, Verify, build_ssl_context, redact
 from ._errors import (
     BindingError,
     CertificateError,
@@ -224,6 +224,9 @@ class AuthCore:
         _binding: Binding | None = None,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
+        if verify is False or verify is None:
+            # Refused here, not at the first token fetch.
+            build_ssl_context(verify)
         if not timeout or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
         provider: CertificateProvider | None = None

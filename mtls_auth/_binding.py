@@ -291,18 +291,23 @@ def _read_text(path: Path) -> str:
         # utf-8-sig: files saved by Windows editors start with a BOM.
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise BindingError(f"binding file {path} is not UTF-8 text") from None
+        pass
+    # Outside the except clause: UnicodeDecodeError.object is the file's bytes.
+    raise BindingError(f"binding file {path} is not UTF-8 text")
 
 
 def _loads(text: str, where: str) -> Any:
+    failure: str | None = None
     try:
         return json.loads(text)
     except ValueError as exc:
         # The position is safe to show; the text around it may be a key.
-        raise BindingError(
-            f"{where} is not valid JSON (line {getattr(exc, 'lineno', '?')}, "
-            f"column {getattr(exc, 'colno', '?')})"
-        ) from None
+        failure = f"line {getattr(exc, 'lineno', '?')}, column {getattr(exc, 'colno', '?')}"
+    except RecursionError:
+        failure = "nested too deeply"
+    # Raised outside the except clause: JSONDecodeError.doc holds the whole
+    # text, key included, and would stay reachable as __context__.
+    raise BindingError(f"{where} is not valid JSON ({failure})")
 
 
 def _read_directory(directory: Path) -> dict[str, Any]:
@@ -348,10 +353,14 @@ def _read_with_metadata(directory: Path, metadata_path: Path) -> dict[str, Any]:
         if not isinstance(prop, dict) or not isinstance(prop.get("name"), str):
             raise BindingError(f"{metadata_path}: each credentialProperties entry needs a name")
         name = prop["name"]
-        if "/" in name or name.startswith("."):
-            raise BindingError(f"{metadata_path}: property name {name!r} is not a file name")
+        if "/" in name or "\0" in name or name.startswith(".") or len(name) > 255:
+            raise BindingError(f"{metadata_path}: property name {name[:80]!r} is not a file name")
         path = directory / name
-        if not path.is_file():
+        try:
+            present = path.is_file()
+        except OSError:
+            present = False
+        if not present:
             raise BindingError(f"binding directory {directory} lacks the file {name!r}")
         text = _read_text(path)
         if prop.get("format") == "json":
@@ -362,7 +371,8 @@ def _read_with_metadata(directory: Path, metadata_path: Path) -> dict[str, Any]:
             credentials[name] = value
         else:
             credentials[name] = text
-    for prop in metadata.get("metaDataProperties") or []:
+    extra = metadata.get("metaDataProperties") or []
+    for prop in extra if isinstance(extra, list) else []:
         if isinstance(prop, dict) and prop.get("name") == "type":
             type_path = directory / "type"
             if type_path.is_file():
@@ -464,7 +474,7 @@ class BindingSource:
             try:
                 path = Path(text).expanduser()
                 exists = path.exists()
-            except (OSError, ValueError):
+            except (OSError, ValueError, RuntimeError):  # RuntimeError: ~unknown-user
                 exists = False
             if not exists:
                 raise BindingError(
@@ -521,7 +531,8 @@ def select_vcap_service(
     services = _loads(raw, "VCAP_SERVICES")
     if not isinstance(services, dict):
         raise BindingError("VCAP_SERVICES must be a JSON object of label -> instances")
-    instances = [i for i in services.get(label) or [] if isinstance(i, dict)]
+    group = services.get(label)
+    instances = [i for i in group if isinstance(i, dict)] if isinstance(group, list) else []
     if not instances:
         # Also look for instances that carry the label as a tag (user-provided).
         instances = [
@@ -529,7 +540,9 @@ def select_vcap_service(
             for group in services.values()
             if isinstance(group, list)
             for i in group
-            if isinstance(i, dict) and label in (i.get("tags") or [])
+            if isinstance(i, dict)
+            and isinstance(i.get("tags"), list)
+            and label in i["tags"]
         ]
     names = [str(i.get("name")) for i in instances]
     if name is not None:

@@ -51,10 +51,11 @@ logger = logging.getLogger("mtls_auth")
 #: file or a c_rehash directory, or CA certificates as PEM text.
 Verify = Union[bool, str, bytes, "os.PathLike[str]", "_InsecureSkipVerify"]
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",
-    re.DOTALL,
-)
+# Markers only: BEGIN and END lines are paired in one linear pass (a single
+# regex spanning whole blocks backtracks quadratically on hostile input).
+_PEM_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 ]{1,64})-----")
+#: More PEM than any certificate chain or key needs; larger input is refused.
+_MAX_PEM_BYTES = 1 << 20
 _CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE"})
 _KEY_LABELS = frozenset(
     {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
@@ -71,17 +72,20 @@ def _as_pem_bytes(value: str | bytes | _Secret, what: str) -> bytes:
     if isinstance(value, _Secret):
         value = value.value
     if isinstance(value, str):
-        try:
-            data = value.encode("ascii")
-        except UnicodeEncodeError:
-            del value  # keep the text out of the traceback's frame locals
-            raise CertificateError(f"the {what} is not PEM: it contains non-ASCII text") from None
+        if not value.isascii():
+            # Checked, not caught: a UnicodeEncodeError would carry the text
+            # (its .object) into the error's context.
+            del value
+            raise CertificateError(f"the {what} is not PEM: it contains non-ASCII text")
+        data = value.encode("ascii")
     elif isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     else:
         raise CertificateError(
             f"the {what} must be PEM text (str or bytes), not {type(value).__name__}"
         )
+    if len(data) > _MAX_PEM_BYTES:
+        raise CertificateError(f"the {what} is larger than {_MAX_PEM_BYTES} bytes")
     if b"\\n" in data:
         # Service keys printed by `cf service-key` or copied from a JSON viewer
         # carry the newlines as two characters.
@@ -90,7 +94,16 @@ def _as_pem_bytes(value: str | bytes | _Secret, what: str) -> bytes:
 
 
 def _blocks(data: bytes) -> list[tuple[bytes, bytes]]:
-    return [(m.group(1), m.group(0) + b"\n") for m in _PEM_BLOCK.finditer(data)]
+    """(label, whole block) for every well-formed PEM block, in order."""
+    blocks: list[tuple[bytes, bytes]] = []
+    start: re.Match[bytes] | None = None
+    for marker in _PEM_MARKER.finditer(data):
+        if marker.group(1) == b"BEGIN":
+            start = marker
+        elif start is not None and marker.group(2) == start.group(2):
+            blocks.append((start.group(2), data[start.start() : marker.end()] + b"\n"))
+            start = None
+    return blocks
 
 
 class _Secret:
@@ -164,15 +177,24 @@ def _load_key(block: _Secret, label: bytes, password: _Secret | None) -> Private
 
 def _load_certificates(blocks: list[bytes]) -> list[x509.Certificate]:
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
 
     certs = []
     for index, block in enumerate(blocks, start=1):
         try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as exc:
+            cert = x509.load_pem_x509_certificate(block)
+            # cryptography decodes these lazily: touch them here, where a
+            # corrupt field becomes a CertificateError, not later.
+            cert.public_key()
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        except (ValueError, UnsupportedAlgorithm) as exc:
             raise CertificateError(
-                f"certificate #{index} in the certificate PEM could not be decoded: {exc}"
+                f"certificate #{index} in the certificate PEM could not be decoded: "
+                f"{type(exc).__name__}"
             ) from exc
+        certs.append(cert)
     return certs
 
 

@@ -251,12 +251,13 @@ def _jwt_exp(token: str) -> float | None:
     payload = parts[1]
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, binascii.Error):
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            return None
+        value = float(exp)
+    except (ValueError, binascii.Error, RecursionError, OverflowError):
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
-        return None
-    return float(exp)
+    return value if math.isfinite(value) else None
 
 
 class _Redacted:
@@ -320,7 +321,8 @@ def parse_token_response(
     from then, which errs on the early side by one round trip.
     """
     status = response.status_code
-    content_type = response.headers.get("content-type", "")
+    # Server-chosen text that ends up in messages and logs: one clean line.
+    content_type = _clean(response.headers.get("content-type", ""), 60) or ""
     if len(response.body) > MAX_RESPONSE_BYTES:
         raise TokenResponseError(
             f"token endpoint {url} sent a response larger than {MAX_RESPONSE_BYTES} bytes",
@@ -328,7 +330,7 @@ def parse_token_response(
         )
     try:
         data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
 
     if not 200 <= status < 300:
