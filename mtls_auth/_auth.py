@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Collection, Generator, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 from urllib.parse import urlsplit
 
@@ -94,6 +95,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_ORIGIN = re.compile(r"[^/?#]*(?://[^/?#]*)?")
+
+
 class _Destinations:
     """Decides, per scheme and host, whether a request may carry the token."""
 
@@ -126,12 +130,8 @@ class _Destinations:
     def check_url(self, url: str) -> None:
         # The origin text: everything before the path, query or fragment (so
         # userinfo tricks such as "https://a.com@b.com/" stay in the key).
-        end = len(url)
-        for mark in "/?#":
-            at = url.find(mark, url.find("//") + 2 if "//" in url else 0)
-            if 0 <= at < end:
-                end = at
-        origin = url[:end]
+        match = _ORIGIN.match(url)
+        origin = match.group() if match else url
         known = self._origins.get(origin)
         if known is None:
             parts = urlsplit(url)
@@ -185,10 +185,11 @@ class AuthState:
     certificate: ClientCertificate
     spec: TokenSpec
     generation: int
+    #: The token cache key, built once: the hot path compares it on every request.
+    key: Hashable = field(init=False, compare=False)
 
-    @property
-    def key(self) -> Hashable:
-        return (self.spec.cache_key, self.certificate.thumbprint)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.spec.cache_key, self.certificate.thumbprint))
 
 
 class AuthCore:
