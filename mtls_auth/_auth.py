@@ -16,10 +16,18 @@ import threading
 import time
 from collections.abc import Awaitable, Collection, Generator, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 from urllib.parse import urlsplit
 
-from ._binding import Binding, BindingInput, BindingSource, discover_token_endpoint
+from ._binding import (
+    Binding,
+    BindingInput,
+    BindingSource,
+    Redacted,
+    discover_token_endpoint,
+    kubernetes_binding_path,
+    select_vcap_service,
+)
 from ._cache import RefreshPolicy, TokenCache
 from ._certificate import ClientCertificate, Secret, Verify, build_ssl_context, redact
 from ._errors import (
@@ -45,6 +53,7 @@ from ._token import (
 
 __all__ = [
     "AuthCore",
+    "AuthFacade",
     "AuthState",
     "CertificateProvider",
     "CertificateSource",
@@ -503,3 +512,92 @@ def _rejected(exc: TokenError) -> bool:
     if isinstance(exc, TokenResponseError):
         return exc.status_code == 401 or exc.error == "invalid_client"
     return False
+
+
+_Facade = TypeVar("_Facade", bound="AuthFacade")
+
+
+class AuthFacade:
+    """What both `MtlsOAuth2` classes share above the core: the constructors from
+    bindings, the public non-secret facts, and no pickling.
+
+    A subclass builds its `AuthCore` in `__init__` and hands it to `_setup`,
+    which sets up its library-specific internal token clients.
+    """
+
+    _core: AuthCore
+
+    def _setup(self, core: AuthCore) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_binding(
+        cls: type[_Facade],
+        binding: BindingInput,
+        *,
+        namespace: str | None = None,
+        verify: Verify = True,
+        discover: bool = False,
+        **kwargs: Any,
+    ) -> _Facade:
+        """An auth configured from an XSUAA or Credential Store binding.
+
+        `binding` is a mapping, JSON text, or the path of a service-key file or
+        a Kubernetes binding directory; a file or directory is re-read when it
+        changes, so a rotated certificate is picked up without a restart.
+        `namespace` is required for Credential Store. `discover=True` resolves
+        the token endpoint from ``/.well-known/openid-configuration``
+        (``mtls_endpoint_aliases``). Other keyword arguments are those of the
+        constructor.
+        """
+        binding = Redacted(binding)  # frames captured on error show no key
+        self = cls.__new__(cls)
+        self._setup(
+            AuthCore.from_binding(
+                binding, namespace=namespace, verify=verify, discover=discover, **kwargs
+            )
+        )
+        return self
+
+    @classmethod
+    def from_vcap_services(
+        cls: type[_Facade], label: str = "xsuaa", name: str | None = None, **kwargs: Any
+    ) -> _Facade:
+        """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
+        return cls.from_binding(Redacted(select_vcap_service(label, name)), **kwargs)
+
+    @classmethod
+    def from_kubernetes(
+        cls: type[_Facade], name: str | None = None, label: str | None = None, **kwargs: Any
+    ) -> _Facade:
+        """An auth from a Kubernetes binding under `$SERVICE_BINDING_ROOT` (or legacy)."""
+        return cls.from_binding(kubernetes_binding_path(name, label), **kwargs)
+
+    # -- public, non-secret facts --------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        return self._core.spec.client_id
+
+    @property
+    def token_url(self) -> str:
+        return self._core.spec.token_url
+
+    @property
+    def namespace(self) -> str | None:
+        return self._core.spec.namespace
+
+    @property
+    def certificate(self) -> ClientCertificate:
+        return self._core.certificate
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._core.describe()}>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{type(self).__name__} holds a private key and an access token and cannot be "
+            "pickled; build a new one in the other process"
+        )

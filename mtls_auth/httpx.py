@@ -32,13 +32,14 @@ from typing import Any, Callable
 
 from ._auth import (
     AuthCore,
+    AuthFacade,
     AuthState,
     CertificateProvider,
     CertificateSource,
     coerce_certificate,
 )
-from ._binding import BindingInput, Redacted, kubernetes_binding_path, select_vcap_service
-from ._certificate import ClientCertificate, Secret, Verify, redact
+from ._binding import BindingInput, Redacted
+from ._certificate import Secret, Verify, redact
 from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
 from ._errors import BindingError
 from ._token import (
@@ -244,7 +245,7 @@ async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, No
         await client.aclose()
 
 
-class MtlsOAuth2(httpx.Auth):
+class MtlsOAuth2(AuthFacade, httpx.Auth):
     """OAuth2 client credentials over mTLS, as an httpx `auth=`, sync and async.
 
     The arguments are those of `mtls_auth.requests.MtlsOAuth2`. One instance can
@@ -307,49 +308,6 @@ class MtlsOAuth2(httpx.Auth):
         self._sockets = SocketRegistry()
         self._async_clients = _LoopClients()
 
-    @classmethod
-    def from_binding(
-        cls,
-        binding: BindingInput,
-        *,
-        namespace: str | None = None,
-        verify: Verify = True,
-        discover: bool = False,
-        **kwargs: Any,
-    ) -> MtlsOAuth2:
-        """An auth configured from an XSUAA or Credential Store binding.
-
-        `binding` is a mapping, JSON text, or the path of a service-key file or
-        a Kubernetes binding directory; a file or directory is re-read when it
-        changes, so a rotated certificate is picked up without a restart.
-        `namespace` is required for Credential Store. `discover=True` resolves
-        the token endpoint from ``/.well-known/openid-configuration``
-        (``mtls_endpoint_aliases``). Other keyword arguments are those of the
-        constructor.
-        """
-        binding = Redacted(binding)  # frames captured on error show no key
-        self = cls.__new__(cls)
-        self._setup(
-            AuthCore.from_binding(
-                binding, namespace=namespace, verify=verify, discover=discover, **kwargs
-            )
-        )
-        return self
-
-    @classmethod
-    def from_vcap_services(
-        cls, label: str = "xsuaa", name: str | None = None, **kwargs: Any
-    ) -> MtlsOAuth2:
-        """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
-        return cls.from_binding(Redacted(select_vcap_service(label, name)), **kwargs)
-
-    @classmethod
-    def from_kubernetes(
-        cls, name: str | None = None, label: str | None = None, **kwargs: Any
-    ) -> MtlsOAuth2:
-        """An auth from a Kubernetes binding under `$SERVICE_BINDING_ROOT` (or legacy)."""
-        return cls.from_binding(kubernetes_binding_path(name, label), **kwargs)
-
     def transport(self, **kwargs: Any) -> MtlsTransport:
         """An `MtlsTransport` presenting this auth's certificate, following its rotations."""
         transport = MtlsTransport(self._core.certificate, verify=self._core.verify, **kwargs)
@@ -361,24 +319,6 @@ class MtlsOAuth2(httpx.Auth):
         transport = AsyncMtlsTransport(self._core.certificate, verify=self._core.verify, **kwargs)
         transport._follow, transport._generation = self._core, self._core.generation
         return transport
-
-    # -- public, non-secret facts --------------------------------------------------
-
-    @property
-    def client_id(self) -> str:
-        return self._core.spec.client_id
-
-    @property
-    def token_url(self) -> str:
-        return self._core.spec.token_url
-
-    @property
-    def namespace(self) -> str | None:
-        return self._core.spec.namespace
-
-    @property
-    def certificate(self) -> ClientCertificate:
-        return self._core.certificate
 
     # -- the auth flows ------------------------------------------------------------
 
@@ -558,16 +498,6 @@ class MtlsOAuth2(httpx.Auth):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def __repr__(self) -> str:
-        return f"<MtlsOAuth2 {self._core.describe()}>"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> Any:
-        raise TypeError(
-            "MtlsOAuth2 holds a private key and an access token and cannot be pickled; "
-            "build a new one in the other process"
-        )
 
 
 def _lower(headers: httpx.Headers) -> dict[str, str]:
