@@ -27,14 +27,13 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Generator
 from typing import Any, Callable
 
 from ._auth import (
     AuthCore,
     AuthFacade,
     AuthState,
-    CertificateProvider,
     CertificateSource,
     coerce_certificate,
 )
@@ -46,7 +45,6 @@ from ._token import (
     MAX_RESPONSE_BYTES,
     HttpRequest,
     HttpResponse,
-    RetryPolicy,
     Token,
     TransportFailure,
 )
@@ -258,47 +256,6 @@ class MtlsOAuth2(AuthFacade, httpx.Auth):
 
     requires_request_body = False
     requires_response_body = False
-
-    def __init__(
-        self,
-        token_url: str,
-        client_id: str,
-        certificate: CertificateSource | CertificateProvider,
-        key: str | bytes | Secret | None = None,
-        *,
-        password: str | bytes | Secret | None = None,
-        namespace: str | None = None,
-        scope: str | Iterable[str] | None = None,
-        params: Mapping[str, str] | None = None,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        leeway: float = 60.0,
-        allowed_hosts: Collection[str] | None = None,
-        allow_http_loopback: bool = False,
-        retry: RetryPolicy | None = None,
-        clock: Callable[[], float] | None = None,
-        check_interval: float = 5.0,
-    ) -> None:
-        key, password = redact(key), redact(password)  # no key in captured frames
-        core = AuthCore(
-            token_url,
-            client_id,
-            certificate,
-            key,
-            password=password,
-            namespace=namespace,
-            scope=scope,
-            params=params,
-            verify=verify,
-            timeout=timeout,
-            leeway=leeway,
-            allowed_hosts=allowed_hosts,
-            allow_http_loopback=allow_http_loopback,
-            retry=retry,
-            clock=clock,
-            check_interval=check_interval,
-        )
-        self._setup(core)
 
     def _setup(self, core: AuthCore) -> None:
         self._core = core

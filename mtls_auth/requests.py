@@ -27,14 +27,12 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
 
 import threading
 import urllib.parse
-from collections.abc import Collection, Iterable, Mapping
-from typing import Any, Callable
+from typing import Any
 
 from ._auth import (
     AuthCore,
     AuthFacade,
     AuthState,
-    CertificateProvider,
     CertificateSource,
     coerce_certificate,
 )
@@ -42,7 +40,7 @@ from ._binding import BindingInput, Redacted
 from ._certificate import Secret, Verify, redact
 from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
 from ._errors import BindingError, PayloadError
-from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, RetryPolicy, TransportFailure
+from ._token import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
 from ._token import classify_failure as _classify
 from ._watchdog import SocketRegistry, watchdog
 
@@ -185,47 +183,6 @@ class MtlsOAuth2(AuthFacade, requests.auth.AuthBase):
     On a 401 the token that was used is dropped and the request is sent once
     more with a new one, when its body can be replayed.
     """
-
-    def __init__(
-        self,
-        token_url: str,
-        client_id: str,
-        certificate: CertificateSource | CertificateProvider,
-        key: str | bytes | Secret | None = None,
-        *,
-        password: str | bytes | Secret | None = None,
-        namespace: str | None = None,
-        scope: str | Iterable[str] | None = None,
-        params: Mapping[str, str] | None = None,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        leeway: float = 60.0,
-        allowed_hosts: Collection[str] | None = None,
-        allow_http_loopback: bool = False,
-        retry: RetryPolicy | None = None,
-        clock: Callable[[], float] | None = None,
-        check_interval: float = 5.0,
-    ) -> None:
-        key, password = redact(key), redact(password)  # no key in captured frames
-        core = AuthCore(
-            token_url,
-            client_id,
-            certificate,
-            key,
-            password=password,
-            namespace=namespace,
-            scope=scope,
-            params=params,
-            verify=verify,
-            timeout=timeout,
-            leeway=leeway,
-            allowed_hosts=allowed_hosts,
-            allow_http_loopback=allow_http_loopback,
-            retry=retry,
-            clock=clock,
-            check_interval=check_interval,
-        )
-        self._setup(core)
 
     def _setup(self, core: AuthCore) -> None:
         self._core = core
