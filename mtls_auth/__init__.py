@@ -8,6 +8,8 @@ errors below. The integrations live in `mtls_auth.requests` and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._certificate import INSECURE_SKIP_VERIFY, ClientCertificate
 from ._errors import (
     BindingError,
@@ -20,7 +22,20 @@ from ._errors import (
     TokenResponseError,
 )
 
+if TYPE_CHECKING:
+    from ._token import RetryPolicy
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # RetryPolicy lives with the token protocol, whose imports (json, email,
+    # random) `import mtls_auth` should not pay for until a token is fetched.
+    if name == "RetryPolicy":
+        from ._token import RetryPolicy
+
+        return RetryPolicy
+    raise AttributeError(f"module 'mtls_auth' has no attribute {name!r}")
 
 __all__ = [
     "INSECURE_SKIP_VERIFY",
@@ -30,6 +45,7 @@ __all__ = [
     "InsecureTransportError",
     "MtlsAuthError",
     "PayloadError",
+    "RetryPolicy",
     "TokenError",
     "TokenRequestError",
     "TokenResponseError",
