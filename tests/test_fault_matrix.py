@@ -632,7 +632,10 @@ def test_fault_matrix(
                 assert subject in message
             if row.kind is not None:
                 assert isinstance(error, TokenRequestError)
-                assert error.kind == row.kind
+                # A connection cut mid-TLS-record is "tls_closed" for some stacks
+                # (anyio on Python 3.9): the same retryable family as "connect".
+                same = {"connect", "tls_closed"} if row.kind == "connect" else {row.kind}
+                assert error.kind in same
             if row.status is not None:
                 assert isinstance(error, TokenResponseError)
                 assert error.status_code == row.status
