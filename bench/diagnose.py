@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from mtls_auth import ClientCertificate
-from mtls_auth._certificate import _readable_paths, build_ssl_context
+from mtls_auth._tls import _readable_paths, build_ssl_context
 from mtls_auth.testing import PKI
 
 

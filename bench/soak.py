@@ -40,7 +40,7 @@ import requests
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import MtlsAuthError
-from mtls_auth._token import RetryPolicy
+from mtls_auth._retry import RetryPolicy
 from mtls_auth.testing import PKI, Fault, TokenServer
 from mtls_auth.testing._bindings import xsuaa_service_key
 

@@ -3,7 +3,8 @@
 The core (this package) knows nothing of any HTTP library: it parses client
 certificates, builds SSL contexts with the key kept off disk, and raises the
 errors below. The integrations live in `mtls_auth.requests` and
-`mtls_auth.httpx`, each importing its own library.
+`mtls_auth.httpx`, each importing its own library; the Credential Store client
+in `mtls_auth.credstore`. docs/architecture.md draws the layers.
 """
 
 from __future__ import annotations
@@ -23,31 +24,51 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._token import RetryPolicy
+    from ._check import CheckReport, Finding, check_binding
+    from ._retry import RetryPolicy
+    from ._sources import select_vcap_service
+    from ._token import TokenInfo
 
 __version__ = "0.1.0"
 
+#: Names loaded on first use, with the module that defines them: the token
+#: protocol and the binding readers import json, email, random, pathlib...,
+#: which `import mtls_auth` should not pay for until they are needed.
+_LAZY = {
+    "CheckReport": "_check",
+    "Finding": "_check",
+    "RetryPolicy": "_retry",
+    "TokenInfo": "_token",
+    "check_binding": "_check",
+    "select_vcap_service": "_sources",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # RetryPolicy lives with the token protocol, whose imports (json, email,
-    # random) `import mtls_auth` should not pay for until a token is fetched.
-    if name == "RetryPolicy":
-        from ._token import RetryPolicy
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtls_auth' has no attribute {name!r}")
+    import importlib
 
-        return RetryPolicy
-    raise AttributeError(f"module 'mtls_auth' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "INSECURE_SKIP_VERIFY",
     "BindingError",
     "CertificateError",
+    "CheckReport",
     "ClientCertificate",
+    "Finding",
     "InsecureTransportError",
     "MtlsAuthError",
     "PayloadError",
     "RetryPolicy",
     "TokenError",
+    "TokenInfo",
     "TokenRequestError",
     "TokenResponseError",
     "__version__",
+    "check_binding",
+    "select_vcap_service",
 ]

@@ -1,531 +1,47 @@
-"""The library-independent half of `MtlsOAuth2`: configuration and policy.
+"""What both `MtlsOAuth2` classes share: construction, derivation, facts and repr.
 
-`AuthCore` holds what both integrations share: the client certificate, the
-token request (`TokenSpec`), the token cache, where the bearer token may go,
-and the drivers that run `fetch_flow` given a library-specific `send`. The
-requests and httpx modules add only how a request is sent and signed.
+An `MtlsOAuth2` is a `TokenClient` (who asks: certificate, endpoints, policies,
+cache, sender) plus a `TokenRequest` (what it asks for). `AuthFacade` is that
+pair for both integrations: the one constructor and its options, the
+constructors from bindings, `_derive` for another token request on the same
+client, the token lookups the integrations' signing code calls, the public
+non-secret facts, repr and the refusal to pickle. An integration adds how a
+request is signed and sent (`mtls_auth.requests`, `mtls_auth.httpx`) and the
+`Sender` its client talks to the token endpoint with (`_sender`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import logging
-import re
-import threading
 import time
-from collections.abc import Awaitable, Collection, Generator, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar, Union
-from urllib.parse import urlsplit
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Callable, TypeVar
 
-from ._binding import (
-    Binding,
-    BindingInput,
-    BindingSource,
-    Redacted,
-    discover_token_endpoint,
-    kubernetes_binding_path,
-    select_vcap_service,
-)
-from ._cache import RefreshPolicy, TokenCache
-from ._certificate import ClientCertificate, Secret, Verify, build_ssl_context, redact
-from ._errors import (
-    BindingError,
-    CertificateError,
-    InsecureTransportError,
-    TokenError,
-    TokenRequestError,
-    TokenResponseError,
-)
-from ._rotation import CertificateWatch, Loaded
-from ._token import (
-    HttpRequest,
-    HttpResponse,
-    Reply,
-    RetryPolicy,
-    Step,
-    Token,
-    TokenSpec,
-    TransportFailure,
-    fetch_flow,
-)
+from ._certificate import CertificateProvider, CertificateSource, ClientCertificate
+from ._client import ClientState, Sender, Settings, TokenClient
+from ._discovery import discover_token_endpoint
+from ._errors import BindingError
+from ._redact import Secret, redact
+from ._request import TokenRequest
+from ._retry import RetryPolicy
+from ._sources import BindingFeed, BindingInput, kubernetes_binding_path, select_vcap_service
+from ._tls import Verify
+from ._token import Token, TokenInfo
 
-__all__ = [
-    "AuthCore",
-    "AuthFacade",
-    "AuthState",
-    "CertificateProvider",
-    "CertificateSource",
-    "coerce_certificate",
-]
+__all__ = ["AuthFacade"]
 
-logger = logging.getLogger("mtls_auth")
-
-#: What `certificate=` accepts: PEM text (with `key=`) or a ready ClientCertificate.
-CertificateSource = Union[str, bytes, ClientCertificate]
-#: A callable returning the current certificate, for custom sources (a vault).
-CertificateProvider = Callable[[], ClientCertificate]
-
-SendSync = Callable[[HttpRequest, "AuthState"], Union[HttpResponse, TransportFailure]]
-SendAsync = Callable[
-    [HttpRequest, "AuthState"], Awaitable[Union[HttpResponse, TransportFailure]]
-]
-
-
-def coerce_certificate(
-    certificate: CertificateSource,
-    key: str | bytes | Secret | None,
-    password: str | bytes | Secret | None,
-) -> ClientCertificate:
-    """A ClientCertificate from either form the public constructors accept."""
-    if isinstance(certificate, ClientCertificate):
-        if key is not None or password is not None:
-            raise CertificateError(
-                "key= and password= are taken from the ClientCertificate; omit them"
-            )
-        return certificate
-    if key is None:
-        raise CertificateError(
-            "key= is required when certificate= is PEM text "
-            "(or pass a ClientCertificate built with ClientCertificate.from_pem)"
-        )
-    return ClientCertificate.from_pem(certificate, key, password=password)
-
-
-def _is_loopback(host: str) -> bool:
-    # Only "localhost" and IP literals: a "*.localhost" name may well be
-    # resolved through DNS (glibc with "hosts: files dns").
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-_ORIGIN = re.compile(r"[^/?#]*(?://[^/?#]*)?")
-
-
-class _Destinations:
-    """Decides, per scheme and host, whether a request may carry the token."""
-
-    __slots__ = ("_allow_http_loopback", "_allowed", "_origins", "_seen")
-
-    def __init__(self, allowed_hosts: Collection[str] | None, allow_http_loopback: bool) -> None:
-        if isinstance(allowed_hosts, str):
-            allowed_hosts = [allowed_hosts]
-        self._allowed = (
-            None
-            if allowed_hosts is None
-            else frozenset(h.lower().rstrip(".") for h in allowed_hosts)
-        )
-        self._allow_http_loopback = allow_http_loopback
-        # Decisions are cached: the hot path is one dict lookup.
-        self._seen: dict[tuple[str, str], bool] = {}
-        # ...keyed by the URL's "scheme://netloc" text for check_url, so a URL
-        # is parsed once per distinct origin, not once per request.
-        self._origins: dict[str, tuple[str, str]] = {}
-
-    def check(self, scheme: str, host: str) -> None:
-        ok = self._seen.get((scheme, host))
-        if ok is None:
-            ok = self._decide(scheme, host)
-            if len(self._seen) < 1024:
-                self._seen[(scheme, host)] = ok
-        if not ok:
-            self._refuse(scheme, host)
-
-    def check_url(self, url: str) -> None:
-        # The origin text: everything before the path, query or fragment (so
-        # userinfo tricks such as "https://a.com@b.com/" stay in the key).
-        match = _ORIGIN.match(url)
-        origin = match.group() if match else url
-        known = self._origins.get(origin)
-        if known is None:
-            parts = urlsplit(url)
-            known = (parts.scheme.lower(), (parts.hostname or "").lower())
-            if len(self._origins) < 1024:
-                self._origins[origin] = known
-        self.check(*known)
-
-    @staticmethod
-    def _normal(host: str) -> str:
-        return host.lower().rstrip(".")
-
-    def _decide(self, scheme: str, host: str) -> bool:
-        host = self._normal(host)  # "API.example.com." is api.example.com
-        if scheme == "http":
-            if not (self._allow_http_loopback and _is_loopback(host)):
-                return False
-        elif scheme != "https":
-            return False
-        if self._allowed is None:
-            return True
-        return any(
-            host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:]))
-            for allowed in self._allowed
-        )
-
-    def _refuse(self, scheme: str, host: str) -> None:
-        if scheme == "http":
-            hint = (
-                " (allow_http_loopback=True permits http only to localhost/127.0.0.1/::1)"
-                if _is_loopback(host)
-                else ""
-            )
-            raise InsecureTransportError(
-                f"refusing to send the bearer token over plain http to {host!r}: "
-                f"use https{hint}"
-            )
-        if scheme != "https":
-            raise InsecureTransportError(
-                f"refusing to send the bearer token over {scheme or 'no scheme'}:// to {host!r}"
-            )
-        raise InsecureTransportError(
-            f"refusing to send the bearer token to {host!r}: it is not in allowed_hosts"
-        )
-
-
-@dataclass(frozen=True)
-class AuthState:
-    """Everything that changes together when the certificate rotates."""
-
-    certificate: ClientCertificate
-    spec: TokenSpec
-    generation: int
-    #: The token cache key, built once: the hot path compares it on every request.
-    key: Hashable = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.spec.cache_key, self.certificate.thumbprint))
-
-
-class AuthCore:
-    """Certificate, token request, cache and destination policy of one auth object.
-
-    `certificate` is PEM text (with `key`), a `ClientCertificate`, or a
-    provider callable returning a fresh `ClientCertificate` (a vault, say). A
-    core built by `from_binding` on a file or directory re-reads it when it
-    changes. The certificate, the token request and the generation number
-    change together, in one attribute assignment (`_state`).
-    """
-
-    def __init__(
-        self,
-        token_url: str,
-        client_id: str,
-        certificate: CertificateSource | CertificateProvider,
-        key: str | bytes | Secret | None = None,
-        *,
-        password: str | bytes | Secret | None = None,
-        namespace: str | None = None,
-        scope: str | Iterable[str] | None = None,
-        params: Mapping[str, str] | None = None,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        leeway: float = 60.0,
-        allowed_hosts: Collection[str] | None = None,
-        allow_http_loopback: bool = False,
-        retry: RetryPolicy | None = None,
-        clock: Callable[[], float] | None = None,
-        check_interval: float = 5.0,
-        _source: BindingSource | None = None,
-        _binding: Binding | None = None,
-    ) -> None:
-        key, password = redact(key), redact(password)  # no key in captured frames
-        if verify is False or verify is None:
-            # Refused here, not at the first token fetch.
-            build_ssl_context(verify)
-        if not timeout or timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
-        provider: CertificateProvider | None = None
-        if callable(certificate) and not isinstance(certificate, ClientCertificate):
-            if key is not None or password is not None:
-                raise CertificateError("key= and password= do not apply to a provider callable")
-            provider = certificate
-            first = provider()
-            if not isinstance(first, ClientCertificate):
-                raise CertificateError(
-                    "the certificate provider must return a ClientCertificate, "
-                    f"not {type(first).__name__}"
-                )
-            cert = first
-        else:
-            cert = coerce_certificate(certificate, key, password)
-        self._scope = scope
-        self._params = params
-        self._namespace = namespace
-        self._token_url_override: str | None = None
-        spec = TokenSpec.create(
-            token_url, client_id, namespace=namespace, scope=scope, params=params
-        )
-        self._state = AuthState(cert, spec, 0)
-        self.verify = verify
-        self.timeout = float(timeout)
-        self.retry = retry or RetryPolicy()
-        self.cache = TokenCache(
-            clock=clock or time.monotonic,
-            policy=RefreshPolicy(leeway=leeway),
-            wait_timeout=self.timeout * 2 + 5,
-        )
-        self.destinations = _Destinations(allowed_hosts, allow_http_loopback)
-        self._rotate_lock = threading.Lock()
-        self.watch: CertificateWatch | None = None
-        if provider is not None or (_source is not None and _source.rereadable):
-            self.watch = CertificateWatch(
-                Loaded(cert, _binding),
-                source=_source,
-                provider=provider,
-                interval=check_interval,
-                provider_interval=max(check_interval, 60.0),
-            )
-
-    @classmethod
-    def from_binding(
-        cls,
-        binding: BindingInput,
-        *,
-        namespace: str | None = None,
-        verify: Verify = True,
-        discover: bool = False,
-        **kwargs: Any,
-    ) -> AuthCore:
-        """A core configured from an XSUAA or Credential Store binding."""
-        source = BindingSource.from_input(binding)
-        parsed = source.read()
-        if parsed.needs_namespace and not namespace:
-            raise BindingError(
-                f"the Credential Store binding in {parsed.source} needs namespace=: tokens "
-                "are issued per namespace (the form field credstore_namespace)"
-            )
-        certificate = ClientCertificate.from_pem(parsed.certificate, parsed.key)
-        token_url = parsed.token_url
-        if discover:
-            base = parsed.url or token_url.rsplit("/oauth/token", 1)[0]
-            token_url = discover_token_endpoint(
-                base, certificate.ssl_context(verify), timeout=kwargs.get("timeout", 10.0)
-            )
-        core = cls(
-            token_url,
-            parsed.client_id,
-            certificate,
-            namespace=namespace,
-            verify=verify,
-            _source=source,
-            _binding=parsed,
-            **kwargs,
-        )
-        if discover:
-            core._token_url_override = token_url
-        core.binding = parsed
-        return core
-
-    binding: Binding | None = None
-
-    # -- the current state ---------------------------------------------------------
-
-    @property
-    def state(self) -> AuthState:
-        """Certificate, token request and generation, as one consistent reading."""
-        return self._state
-
-    @property
-    def certificate(self) -> ClientCertificate:
-        return self._state.certificate
-
-    @property
-    def spec(self) -> TokenSpec:
-        return self._state.spec
-
-    @property
-    def generation(self) -> int:
-        """Bumped whenever the certificate rotates: internal clients rebuild."""
-        return self._state.generation
-
-    def _rotate(self, *, force: bool = False) -> bool:
-        """Check for a rotated certificate; True if the state changed."""
-        watch = self.watch
-        if watch is None:
-            return False
-        with self._rotate_lock:
-            return self._rotate_locked(watch, force)
-
-    def _rotate_locked(self, watch: CertificateWatch, force: bool) -> bool:
-        loaded = watch.poll(force=force)
-        if loaded is None:
-            return False
-        state = self._state
-        spec = state.spec
-        if loaded.binding is not None:
-            self.binding = loaded.binding
-            spec = TokenSpec.create(
-                self._token_url_override or loaded.binding.token_url,
-                loaded.binding.client_id,
-                namespace=self._namespace,
-                scope=self._scope,
-                params=self._params,
-            )
-        self._state = AuthState(loaded.certificate, spec, state.generation + 1)
-        # Tokens were bound to the old certificate: drop them. Requests already
-        # in flight finish with what they have.
-        self.cache.clear()
-        return True
-
-    # -- tokens ----------------------------------------------------------------------
-
-    def fresh_token(self) -> Token | None:
-        """The cached token if it is fresh and no rotation check is due (hot path)."""
-        watch = self.watch
-        if watch is not None and watch.due():
-            return None
-        return self.cache.current(self._state.key)
-
-    def token(self, send: SendSync) -> Token:
-        self._rotate()
-        state = self._state
-        try:
-            return self.cache.get(state.key, lambda: self._fetch_sync(send, state))
-        except TokenError as exc:
-            if not _rejected(exc) or self.watch is None:
-                raise
-            self._rotate(force=True)
-            if self._state is state:
-                raise
-        state = self._state
-        logger.info("retrying the token request with the rotated certificate")
-        return self.cache.get(state.key, lambda: self._fetch_sync(send, state))
-
-    async def atoken(self, send: SendAsync) -> Token:
-        loop = asyncio.get_running_loop()
-        watch = self.watch
-        if watch is not None and watch.due():
-            # stat() and file reads stay off the event loop.
-            await loop.run_in_executor(None, self._rotate)
-        state = self._state
-        try:
-            return await self.cache.aget(state.key, lambda: self._fetch_async(send, state))
-        except TokenError as exc:
-            if not _rejected(exc) or watch is None:
-                raise
-            await loop.run_in_executor(None, lambda: self._rotate(force=True))
-            if self._state is state:
-                raise
-        state = self._state
-        logger.info("retrying the token request with the rotated certificate")
-        return await self.cache.aget(state.key, lambda: self._fetch_async(send, state))
-
-    def invalidate_token(self, token: Token) -> bool:
-        """Forget `token` after a 401, if it is still the current one.
-
-        Returns whether resending with a new token is worth it: not when this
-        very token was fetched to answer a 401 and was refused too, within the
-        last `_401_COOLDOWN` seconds (a resource that refuses every token, say
-        for a missing role, would otherwise cost a token request per request).
-        """
-        refused = token.refused_at
-        if refused is not None and time.monotonic() < refused + _401_COOLDOWN:
-            return False
-        self.cache.invalidate(token)
-        if self.watch is not None:
-            # A 401 is also what a rotated-and-revoked certificate looks like:
-            # look for a new binding now (rate-limited), not at the next check.
-            self._rotate(force=True)
-        return True
-
-    @staticmethod
-    def refused_after_retry(token: Token) -> None:
-        """The fresh token fetched for a 401 got a 401 too: stop refreshing for it."""
-        token.refused_at = time.monotonic()
-
-    def _flow(self, state: AuthState) -> Generator[Step, Reply, Token]:
-        spec = state.spec
-        logger.debug("requesting a token from %s for %r", spec.token_url, spec.client_id)
-        return fetch_flow(
-            state.spec,
-            timeout=self.timeout,
-            retry=self.retry,
-            clock=self.cache.clock,
-            subject=state.certificate.subject,
-        )
-
-    def _fetch_sync(self, send: SendSync, state: AuthState) -> Token:
-        flow = self._flow(state)
-        step = next(flow)
-        while True:
-            if isinstance(step, HttpRequest):
-                reply: HttpResponse | TransportFailure | None = send(step, state)
-            else:
-                time.sleep(step)
-                reply = None
-            try:
-                step = flow.send(reply)
-            except StopIteration as done:
-                token: Token = done.value
-                return token
-
-    async def _fetch_async(self, send: SendAsync, state: AuthState) -> Token:
-        flow = self._flow(state)
-        step = next(flow)
-        while True:
-            if isinstance(step, HttpRequest):
-                reply: HttpResponse | TransportFailure | None = await send(step, state)
-            else:
-                await asyncio.sleep(step)
-                reply = None
-            try:
-                step = flow.send(reply)
-            except StopIteration as done:
-                token: Token = done.value
-                return token
-
-    # -- presentation ----------------------------------------------------------------
-
-    def describe(self) -> str:
-        state = self.cache.freshness()
-        if state is None:
-            token_state = "none"  # noqa: S105 - a state name, not a secret
-        else:
-            freshness, left = state
-            token_state = (
-                f"{freshness.value}, expires in {left:.0f}s"
-                if left > 0
-                else f"expired {-left:.0f}s ago"
-            )
-        spec = self.spec
-        namespace = f" namespace={spec.namespace!r}" if spec.namespace else ""
-        return (
-            f"client_id={spec.client_id!r} token_url={spec.token_url!r}"
-            f"{namespace} token={token_state}"
-        )
-
-
-#: Seconds during which a token that was refused right after a 401 refresh is not
-#: refreshed again for another 401.
-_401_COOLDOWN = 30.0
-
-
-def _rejected(exc: TokenError) -> bool:
-    """Did the token endpoint refuse our certificate (the sign of a rotation)?"""
-    if isinstance(exc, TokenRequestError):
-        return exc.kind in ("tls_client", "tls_closed")
-    if isinstance(exc, TokenResponseError):
-        return exc.status_code == 401 or exc.error == "invalid_client"
-    return False
-
-
-_Facade = TypeVar("_Facade", bound="AuthFacade")
+_Auth = TypeVar("_Auth", bound="AuthFacade")
 
 
 class AuthFacade:
-    """What both `MtlsOAuth2` classes share above the core: the constructors from
-    bindings, the public non-secret facts, and no pickling.
+    """The shared half of `mtls_auth.requests.MtlsOAuth2` and `mtls_auth.httpx.MtlsOAuth2`.
 
-    A subclass builds its `AuthCore` in `__init__` and hands it to `_setup`,
-    which sets up its library-specific internal token clients.
+    Subclasses implement `_new_sender`: the `Sender` their client talks to the
+    token endpoint with.
     """
 
-    _core: AuthCore
+    _client: TokenClient | None = None
+    _request: TokenRequest
+    _keyed: tuple[ClientState, tuple[Any, ...]] | None = None
 
     def __init__(
         self,
@@ -548,40 +64,54 @@ class AuthFacade:
         check_interval: float = 5.0,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
-        core = AuthCore(
-            token_url,
-            client_id,
-            certificate,
-            key,
-            password=password,
-            namespace=namespace,
-            scope=scope,
-            params=params,
+        settings = Settings(
             verify=verify,
-            timeout=timeout,
+            timeout=float(timeout),
             leeway=leeway,
             allowed_hosts=allowed_hosts,
             allow_http_loopback=allow_http_loopback,
-            retry=retry,
-            clock=clock,
+            retry=retry or RetryPolicy(),
+            clock=clock or time.monotonic,
             check_interval=check_interval,
         )
-        self._setup(core)
+        request = TokenRequest.create(scope=scope, namespace=namespace, params=params)
+        client = TokenClient(
+            token_url, client_id, certificate, key, password, settings, type(self)._new_sender
+        )
+        self._bind(client, request)
 
-    def _setup(self, core: AuthCore) -> None:
-        raise NotImplementedError
+    @classmethod
+    def _new_sender(cls, client: TokenClient) -> Sender:
+        """The integration's `Sender` for a new client."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to reach the token endpoint")
+
+    def _bind(self, client: TokenClient, request: TokenRequest) -> None:
+        self._client = client
+        self._request = request
+        self._keyed = None
+
+    def _derive(self: _Auth, request: TokenRequest) -> _Auth:
+        """Another auth of this class for `request`, sharing this one's client.
+
+        Cheap by design: no SSLContext, pool, watch or thread is made.
+        """
+        derived = object.__new__(type(self))
+        derived._bind(self._live(), request)
+        return derived
+
+    # -- constructors from bindings ----------------------------------------------------
 
     @classmethod
     def from_binding(
-        cls: type[_Facade],
+        cls: type[_Auth],
         binding: BindingInput,
         *,
         namespace: str | None = None,
         verify: Verify = True,
         discover: bool = False,
         **kwargs: Any,
-    ) -> _Facade:
-        """An auth configured from an XSUAA or Credential Store binding.
+    ) -> _Auth:
+        """An auth configured from an XSUAA, Credential Store or generic mTLS binding.
 
         `binding` is a mapping, JSON text, or the path of a service-key file or
         a Kubernetes binding directory; a file or directory is re-read when it
@@ -591,49 +121,125 @@ class AuthFacade:
         (``mtls_endpoint_aliases``). Other keyword arguments are those of the
         constructor.
         """
-        binding = Redacted(binding)  # frames captured on error show no key
-        self = cls.__new__(cls)
-        self._setup(
-            AuthCore.from_binding(
-                binding, namespace=namespace, verify=verify, discover=discover, **kwargs
+        binding = redact(binding)  # frames captured on error show no key
+        feed = BindingFeed.read(binding)
+        parsed = feed.binding
+        if parsed.needs_namespace and not namespace:
+            raise BindingError(
+                f"the Credential Store binding in {parsed.source} needs namespace=: tokens "
+                "are issued per namespace (the form field credstore_namespace)"
             )
-        )
-        return self
+        token_url = parsed.token_url
+        if discover:
+            base = parsed.url or token_url.rsplit("/oauth/token", 1)[0]
+            token_url = discover_token_endpoint(
+                base, feed.certificate.ssl_context(verify), timeout=kwargs.get("timeout", 10.0)
+            )
+            feed.token_url_override = token_url
+        return cls(token_url, parsed.client_id, feed, namespace=namespace, verify=verify, **kwargs)
 
     @classmethod
     def from_vcap_services(
-        cls: type[_Facade], label: str = "xsuaa", name: str | None = None, **kwargs: Any
-    ) -> _Facade:
+        cls: type[_Auth], label: str = "xsuaa", name: str | None = None, **kwargs: Any
+    ) -> _Auth:
         """An auth from the `label` instance (named `name`) in `VCAP_SERVICES`."""
-        return cls.from_binding(Redacted(select_vcap_service(label, name)), **kwargs)
+        return cls.from_binding(redact(select_vcap_service(label, name)), **kwargs)
 
     @classmethod
     def from_kubernetes(
-        cls: type[_Facade], name: str | None = None, label: str | None = None, **kwargs: Any
-    ) -> _Facade:
+        cls: type[_Auth], name: str | None = None, label: str | None = None, **kwargs: Any
+    ) -> _Auth:
         """An auth from a Kubernetes binding under `$SERVICE_BINDING_ROOT` (or legacy)."""
         return cls.from_binding(kubernetes_binding_path(name, label), **kwargs)
+
+    # -- tokens, for the integrations' signing code ------------------------------------
+
+    def _live(self) -> TokenClient:
+        client = self._client
+        if client is None:
+            raise RuntimeError(f"{type(self).__name__} was not fully constructed")
+        return client
+
+    def _key(self) -> tuple[Any, ...]:
+        """This auth's cache key in the client's current state (built once per state)."""
+        client = self._live()
+        state = client.state
+        keyed = self._keyed
+        if keyed is None or keyed[0] is not state:
+            keyed = self._keyed = (state, client.key(self._request, state))
+        return keyed[1]
+
+    def _token(self) -> Token:
+        """A usable token (threads): the cached one on the hot path."""
+        client = self._live()
+        return client.fresh(self._key()) or client.token(self._request)
+
+    async def _atoken(self) -> Token:
+        """A usable token (coroutines): the cached one on the hot path."""
+        client = self._live()
+        return client.fresh(self._key()) or await client.atoken(self._request)
+
+    def token_info(self) -> TokenInfo:
+        """Facts about this auth's token, fetching one if needed: never the token itself.
+
+        Useful to warm the cache at start-up and to check a binding end to end
+        (`mtls-auth check --fetch` uses it). Raises `TokenError` like a request would.
+        """
+        client = self._live()
+        token = self._token()
+        return token.info(client.cache.clock(), client.state.certificate.thumbprint)
+
+    async def atoken_info(self) -> TokenInfo:
+        """`token_info` for coroutines: the fetch never blocks the event loop."""
+        client = self._live()
+        token = await self._atoken()
+        return token.info(client.cache.clock(), client.state.certificate.thumbprint)
 
     # -- public, non-secret facts --------------------------------------------------
 
     @property
     def client_id(self) -> str:
-        return self._core.spec.client_id
+        """The OAuth client id sent with every token request."""
+        return self._live().state.client_id
 
     @property
     def token_url(self) -> str:
-        return self._core.spec.token_url
+        """The token endpoint this auth asks (over mTLS)."""
+        return self._live().state.token_url
 
     @property
     def namespace(self) -> str | None:
-        return self._core.spec.namespace
+        """The Credential Store namespace (form field ``credstore_namespace``), if any."""
+        return self._request.namespace
 
     @property
     def certificate(self) -> ClientCertificate:
-        return self._core.certificate
+        """The client certificate presented now (it follows rotations)."""
+        return self._live().state.certificate
+
+    def close(self) -> None:
+        """Close the connections to the token endpoint (opened again when needed).
+
+        Derived objects share them with the object they came from.
+        """
+        client = self._client
+        if client is not None:
+            client.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._core.describe()}>"
+        name = type(self).__name__
+        client = self._client
+        if client is None:
+            return f"<{name} (not constructed)>"
+        try:
+            state = client.state
+            request = self._request.describe()
+            return (
+                f"<{name} client_id={state.client_id!r} token_url={state.token_url!r}"
+                f"{' ' + request if request else ''} token={client.describe_token(self._key())}>"
+            )
+        except Exception as exc:  # noqa: BLE001 - repr must never raise
+            return f"<{name} (repr failed: {type(exc).__name__})>"
 
     __str__ = __repr__
 

@@ -1,4 +1,4 @@
-"""When to refresh a token, and making sure only one caller does.
+"""The token cache: tokens by key, when to refresh them, and making sure only one caller does.
 
 A cached token is in one of three states (google-auth calls them fresh, stale
 and invalid)::
@@ -16,6 +16,12 @@ and invalid)::
 * expired, or no token yet: callers cannot proceed without a new token, so they
   all wait on one shared fetch (a `_Flight`): N threads or N coroutines cause
   one token request, and its outcome, token or error, is handed to all of them.
+
+Tokens are stored by key (what was asked for, by which client, with which
+certificate): the client's own token, one per tenant, one per user, each with
+its own state and its own single flight. Keys start with a *bucket* name, and
+each bucket holds at most its limit of tokens, the least recently used going
+first, so a service that sees many tenants or users keeps a bounded cache.
 
 The same cache serves threads and coroutines, on any number of event loops,
 at once. Its state is guarded by a `threading.Lock` that is only ever held for a
@@ -36,7 +42,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Hashable
+from collections import OrderedDict
+from collections.abc import Awaitable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,6 +95,7 @@ class _Flight:
         "_event",
         "_lock",
         "deadline",
+        "epoch",
         "error",
         "key",
         "loop",
@@ -102,6 +110,7 @@ class _Flight:
         self.loop = loop
         #: time.monotonic() after which the fetch counts as abandoned.
         self.deadline = deadline
+        self.epoch = 0
         self.task: asyncio.Future[Token] | None = None
         self.token: Token | None = None
         self.error: BaseException | None = None
@@ -193,13 +202,30 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class TokenCache:
-    """The token of one auth object, and the single-flight fetch that renews it.
+class _Entry:
+    """A stored token, when it turns stale, and when a failed refresh may be retried."""
 
-    `key` (token URL, client id, namespace, scope, certificate thumbprint)
-    identifies what the token was fetched for; a token stored under one key is
-    never handed out for another. `clock` is a monotonic seconds reading,
-    injectable for tests.
+    __slots__ = ("refresh_at", "stale_retry_at", "token")
+
+    def __init__(self, token: Token, refresh_at: float) -> None:
+        self.token = token
+        self.refresh_at = refresh_at
+        self.stale_retry_at = 0.0
+
+
+#: Tokens a bucket without a configured limit holds.
+DEFAULT_BUCKET_LIMIT = 1024
+
+_USE, _WAIT, _FETCH = "use", "wait", "fetch"
+
+
+class TokenCache:
+    """Tokens by key, and the single-flight fetch that renews each one.
+
+    A key is a tuple whose first item names its bucket; a token stored under
+    one key is never handed out for another. `limits` maps bucket names to the
+    most tokens each holds (`DEFAULT_BUCKET_LIMIT` for others). `clock` is a
+    monotonic seconds reading, injectable for tests.
     """
 
     def __init__(
@@ -208,131 +234,109 @@ class TokenCache:
         clock: Callable[[], float] = time.monotonic,
         policy: RefreshPolicy | None = None,
         wait_timeout: float = 60.0,
+        limits: Mapping[Hashable, int] | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy or RefreshPolicy()
         self.wait_timeout = wait_timeout
+        self.limits: dict[Hashable, int] = dict(limits or {})
         self._lock = threading.Lock()
-        # (key, token, refresh_at) replaced as a whole, so the lock-free read in
-        # the hot path always sees a consistent triple.
-        self._entry: tuple[Hashable, Token, float] | None = None
-        self._flight: _Flight | None = None
-        self._stale_retry_at = 0.0
+        # Read without the lock on the hot path: entries are replaced whole.
+        self._entries: dict[Hashable, _Entry] = {}
+        # Use order per bucket, least recent first, for eviction.
+        self._order: dict[Hashable, OrderedDict[Hashable, None]] = {}
+        self._flights: dict[Hashable, _Flight] = {}
+        self._mru: Hashable = None
+        #: Bumped by `clear`: fetches started before it do not store their token.
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     # -- reading -----------------------------------------------------------------
 
     def current(self, key: Hashable) -> Token | None:
         """The fresh token for `key`, or None. Never blocks, never fetches."""
-        entry = self._entry
-        if entry is not None and entry[0] == key and self.clock() < entry[2]:
-            return entry[1]
+        entry = self._entries.get(key)
+        if entry is not None and self.clock() < entry.refresh_at:
+            if key is not self._mru:
+                self._touch(key)
+            return entry.token
         return None
 
-    def freshness(self) -> tuple[Freshness, float] | None:
-        """The state of the stored token and seconds until it expires, for repr."""
-        entry = self._entry
+    def freshness(self, key: Hashable) -> tuple[Freshness, float] | None:
+        """The state of the token stored for `key` and seconds until it expires."""
+        entry = self._entries.get(key)
         if entry is None:
             return None
         now = self.clock()
-        return self.policy.freshness(entry[1], now), entry[1].expires_at - now
+        return self.policy.freshness(entry.token, now), entry.token.expires_at - now
 
     # -- the sync path -----------------------------------------------------------------
 
     def get(self, key: Hashable, fetch: Callable[[], Token]) -> Token:
         """A usable token for `key`, fetching it with `fetch` if needed (threads)."""
-        entry = self._entry
-        if entry is not None and entry[0] == key and self.clock() < entry[2]:
-            return entry[1]
-        while True:
-            action, flight, fallback = self._decide(key, None)
-            if action == "use":
-                assert fallback is not None
-                return fallback
-            assert flight is not None
-            if action == "wait":
-                if flight.loop is not None and flight.loop is _running_loop():
-                    # A sync client used inside the very event loop that runs the
-                    # fetch: waiting would block that loop forever. Fetch alone.
-                    return fetch()
-                try:
-                    token = flight.wait(self.wait_timeout)
-                except TokenRequestError:
-                    self._drop_if_current(flight)
-                    if flight.key == key:
-                        raise
-                    continue
-                except Exception:
-                    if flight.key == key:
-                        raise
-                    continue  # another key's fetch failed: not ours to report
-                if flight.key == key:
-                    return token
-                continue
-            return self._run_sync(flight, key, fetch, fallback)
-
-    def _run_sync(
-        self, flight: _Flight, key: Hashable, fetch: Callable[[], Token], fallback: Token | None
-    ) -> Token:
+        token = self.current(key)
+        if token is not None:
+            return token
+        action, flight, fallback = self._decide(key, None)
+        if action == _USE:
+            assert fallback is not None
+            return fallback
+        assert flight is not None
+        if action == _FETCH:
+            try:
+                token = fetch()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by _failed; waiters must hear of it
+                return self._failed(flight, exc, fallback)
+            return self._store(flight, token)
+        if flight.loop is not None and flight.loop is _running_loop():
+            # A sync client used inside the very event loop that runs the
+            # fetch: waiting would block that loop forever. Fetch alone.
+            return fetch()
         try:
-            token = fetch()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by _failed; waiters must hear of it
-            return self._failed(flight, exc, fallback)
-        self._store(flight, key, token)
-        return token
+            return flight.wait(self.wait_timeout)
+        except TokenRequestError:
+            self._drop_if_current(flight)
+            raise
 
     # -- the async path ----------------------------------------------------------------
 
     async def aget(self, key: Hashable, fetch: Callable[[], Awaitable[Token]]) -> Token:
         """A usable token for `key`, fetching it with `fetch` if needed (coroutines)."""
-        entry = self._entry
-        if entry is not None and entry[0] == key and self.clock() < entry[2]:
-            return entry[1]
+        token = self.current(key)
+        if token is not None:
+            return token
         loop = asyncio.get_running_loop()
-        while True:
-            action, flight, fallback = self._decide(key, loop)
-            if action == "use":
-                assert fallback is not None
-                return fallback
-            assert flight is not None
-            if action == "wait":
-                try:
-                    token = await flight.wait_async(self.wait_timeout)
-                except TokenRequestError:
-                    self._drop_if_current(flight)
-                    if flight.key == key:
-                        raise
-                    continue
-                except Exception:
-                    if flight.key == key:
-                        raise
-                    continue  # another key's fetch failed: not ours to report
-                if flight.key == key:
-                    return token
-                continue
-            # The fetch runs as its own task: if this caller is cancelled, the
-            # others still get their token. shield() keeps our cancellation
-            # from reaching it.
-            task = loop.create_task(self._run_async(flight, key, fetch, fallback))
-            flight.task = task
-            # A task cancelled before its first step never runs _run_async's
-            # except clause (asyncio.run cancels leftovers on exit): settle the
-            # flight from here, or every later caller would wait on it.
-            task.add_done_callback(functools.partial(self._settle, flight))
-            return await asyncio.shield(task)
+        action, flight, fallback = self._decide(key, loop)
+        if action == _USE:
+            assert fallback is not None
+            return fallback
+        assert flight is not None
+        if action == _WAIT:
+            try:
+                return await flight.wait_async(self.wait_timeout)
+            except TokenRequestError:
+                self._drop_if_current(flight)
+                raise
+        # The fetch runs as its own task: if this caller is cancelled, the
+        # others still get their token. shield() keeps our cancellation from
+        # reaching it. A task cancelled before its first step never runs
+        # _run_async's except clause (asyncio.run cancels leftovers on exit):
+        # _settle releases the flight from its done callback.
+        task = loop.create_task(self._run_async(flight, fetch, fallback))
+        flight.task = task
+        task.add_done_callback(functools.partial(self._settle, flight))
+        return await asyncio.shield(task)
 
     async def _run_async(
-        self,
-        flight: _Flight,
-        key: Hashable,
-        fetch: Callable[[], Awaitable[Token]],
-        fallback: Token | None,
+        self, flight: _Flight, fetch: Callable[[], Awaitable[Token]], fallback: Token | None
     ) -> Token:
         try:
             token = await fetch()
         except BaseException as exc:  # noqa: BLE001 - re-raised by _failed; waiters must hear of it
             return self._failed(flight, exc, fallback)
-        self._store(flight, key, token)
-        return token
+        return self._store(flight, token)
 
     # -- shared bookkeeping --------------------------------------------------------------
 
@@ -342,16 +346,16 @@ class TokenCache:
         """Under the lock: use a token, wait for a flight, or start one."""
         with self._lock:
             now = self.clock()
-            entry = self._entry
-            token = entry[1] if entry is not None and entry[0] == key else None
+            entry = self._entries.get(key)
+            token = entry.token if entry is not None else None
             state = self.policy.freshness(token, now) if token is not None else None
             if state is Freshness.FRESH:
-                return "use", None, token
-            flight = self._flight
+                return _USE, None, token
+            flight = self._flights.get(key)
             if flight is not None and flight.abandoned(time.monotonic()):
                 # Its loop stopped, or it overran every deadline: release whoever
                 # waits on it, and let this caller start afresh.
-                self._flight = None
+                del self._flights[key]
                 flight.finish(
                     error=TokenRequestError(
                         "the token fetch this request waited for was abandoned "
@@ -360,48 +364,54 @@ class TokenCache:
                 )
                 flight = None
             if state is Freshness.STALE:
-                if flight is not None or now < self._stale_retry_at:
-                    return "use", None, token
-                self._flight = self._new_flight(key, loop)
+                assert entry is not None
+                if flight is not None or now < entry.stale_retry_at:
+                    return _USE, None, token
                 logger.debug("token is stale; refreshing while others keep using it")
-                return "fetch", self._flight, token
+                return _FETCH, self._new_flight(key, loop), token
             if flight is not None:
-                return "wait", flight, None
-            self._flight = self._new_flight(key, loop)
-            return "fetch", self._flight, None
+                return _WAIT, flight, None
+            return _FETCH, self._new_flight(key, loop), None
+
+    def _new_flight(self, key: Hashable, loop: asyncio.AbstractEventLoop | None) -> _Flight:
+        flight = _Flight(key, loop, time.monotonic() + self.wait_timeout)
+        flight.epoch = self._epoch
+        self._flights[key] = flight
+        return flight
 
     def _drop_if_current(self, flight: _Flight) -> None:
         """A waiter gave up on `flight`: if it is still running, it is abandoned."""
         with self._lock:
-            if self._flight is flight and not flight.done:
-                self._flight = None
+            if self._flights.get(flight.key) is flight and not flight.done:
+                del self._flights[flight.key]
 
     def _settle(self, flight: _Flight, task: asyncio.Future[Token]) -> None:
         if flight.done:
             return
         with self._lock:
-            if self._flight is flight:
-                self._flight = None
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
         flight.finish(error=asyncio.CancelledError() if task.cancelled() else task.exception())
 
-    def _new_flight(self, key: Hashable, loop: asyncio.AbstractEventLoop | None) -> _Flight:
-        return _Flight(key, loop, time.monotonic() + self.wait_timeout)
-
-    def _store(self, flight: _Flight, key: Hashable, token: Token) -> None:
+    def _store(self, flight: _Flight, token: Token) -> Token:
+        key = flight.key
         with self._lock:
-            self._entry = (key, token, self.policy.refresh_at(token))
-            self._stale_retry_at = 0.0
-            if self._flight is flight:
-                self._flight = None
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            if flight.epoch == self._epoch:
+                self._entries[key] = _Entry(token, self.policy.refresh_at(token))
+                self._remember(key)
         flight.finish(token=token)
         logger.debug("new token cached; valid for %.0fs", token.lifetime)
+        return token
 
     def _failed(self, flight: _Flight, exc: BaseException, fallback: Token | None) -> Token:
         with self._lock:
-            if self._flight is flight:
-                self._flight = None
-            if fallback is not None:
-                self._stale_retry_at = self.clock() + self.policy.retry_stale_after
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+            entry = self._entries.get(flight.key)
+            if fallback is not None and entry is not None and entry.token is fallback:
+                entry.stale_retry_at = self.clock() + self.policy.retry_stale_after
         flight.finish(error=exc)
         if (
             fallback is not None
@@ -410,26 +420,62 @@ class TokenCache:
         ):
             logger.warning(
                 "token refresh failed (%s); using the current token, valid %.0fs more",
-                exc, fallback.expires_at - self.clock(),
+                exc,
+                fallback.expires_at - self.clock(),
             )
             return fallback
         raise exc
 
+    # -- use order and bounds (under the lock) ------------------------------------------
+
+    def _remember(self, key: Hashable) -> None:
+        bucket = _bucket(key)
+        order = self._order.get(bucket)
+        if order is None:
+            order = self._order[bucket] = OrderedDict()
+        order[key] = None
+        order.move_to_end(key)
+        self._mru = key
+        limit = self.limits.get(bucket, DEFAULT_BUCKET_LIMIT)
+        while len(order) > limit:
+            oldest, _ = order.popitem(last=False)
+            self._entries.pop(oldest, None)
+
+    def _touch(self, key: Hashable) -> None:
+        # Lock-free on the hot path: an OrderedDict operation is atomic under
+        # the GIL, and a key evicted meanwhile is simply not there any more.
+        self._mru = key
+        order = self._order.get(_bucket(key))
+        if order is not None:
+            with contextlib.suppress(KeyError):
+                order.move_to_end(key)
+
     # -- invalidation ----------------------------------------------------------------------
 
-    def invalidate(self, token: Token | None = None) -> bool:
-        """Forget `token` (if it is still the current one), or any token if None.
+    def invalidate(self, key: Hashable, token: Token | None = None) -> bool:
+        """Forget the token of `key` if it is `token` (or any token if None).
 
         A 401 from the resource names the token that was used; if another caller
         has already replaced it, the newer token stays.
         """
         with self._lock:
-            entry = self._entry
-            if entry is not None and (token is None or entry[1] is token):
-                self._entry = None
-                self._stale_retry_at = 0.0
+            entry = self._entries.get(key)
+            if entry is not None and (token is None or entry.token is token):
+                del self._entries[key]
+                order = self._order.get(_bucket(key))
+                if order is not None:
+                    order.pop(key, None)
                 return True
         return False
 
     def clear(self) -> None:
-        self.invalidate(None)
+        """Forget every token; fetches already running hand theirs to their waiters only."""
+        with self._lock:
+            self._entries = {}
+            self._order = {}
+            self._mru = None
+            self._epoch += 1
+
+
+def _bucket(key: Hashable) -> Hashable:
+    return key[0] if isinstance(key, tuple) and key else None

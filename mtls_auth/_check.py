@@ -4,33 +4,36 @@
 stopping at the first problem it collects facts (subject, issuer, validity,
 key type, token URL, client id) and findings (errors and warnings) into a
 `CheckReport`. An expired certificate or a key that does not match is reported,
-not raised. Nothing secret is ever put into a report.
+not raised. Nothing secret is ever put into a report. `mtls-auth check` prints
+it; applications can run it in their own health checks.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._binding import Binding, BindingInput, BindingSource
-from ._certificate import ClientCertificate, _as_pem_bytes, _describe_key, _Secret
+from ._binding import Binding
+from ._certificate import _as_pem_bytes, _describe_key
 from ._errors import MtlsAuthError
+from ._redact import Secret
+from ._sources import BindingInput, BindingSource
+from ._token import TokenInfo
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_WARNING", "CheckReport", "Finding", "check_binding"]
+__all__ = ["CheckReport", "Finding", "check_binding"]
 
 #: Exit codes of `mtls-auth check`, Nagios-style, for scripts and monitoring.
-EXIT_OK = 0
-EXIT_WARNING = 1
-EXIT_ERROR = 2
+_EXIT_CODES = {"ok": 0, "warning": 1, "error": 2}
 
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "error" or "warning"
+    """One problem found: `level` is ``"error"`` or ``"warning"``."""
+
+    level: str
     message: str
 
 
@@ -50,11 +53,23 @@ class CheckReport:
     thumbprint: str | None = None
     chain_length: int | None = None
     binding_expires_at: datetime.datetime | None = None
+    #: Credential Store: whether the binding carries payload encryption keys.
+    payload_encryption: bool | None = None
     findings: list[Finding] = field(default_factory=list)
     token: dict[str, Any] | None = None
     checked_at: datetime.datetime = field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
     )
+
+    def set_token(self, info: TokenInfo) -> None:
+        """Record what may be shown of a fetched token (never the token)."""
+        facts: dict[str, Any] = {"expires_in": round(info.lifetime), "format": info.format}
+        if info.scopes is not None:
+            facts["scopes"] = list(info.scopes)
+        if info.format == "jwt":
+            facts["cnf_x5t#S256"] = info.cnf_thumbprint
+            facts["cnf_matches_certificate"] = info.bound_to_certificate
+        self.token = facts
 
     def error(self, message: str) -> None:
         self.findings.append(Finding("error", message))
@@ -75,7 +90,8 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        return {"ok": EXIT_OK, "warning": EXIT_WARNING, "error": EXIT_ERROR}[self.status]
+        """0 ok, 1 warning, 2 error."""
+        return _EXIT_CODES[self.status]
 
     def to_dict(self) -> dict[str, Any]:
         def iso(moment: datetime.datetime | None) -> str | None:
@@ -122,14 +138,18 @@ def check_binding(
     report.client_id = parsed.client_id
     report.token_url = parsed.token_url
     report.binding_expires_at = parsed.expires_at
+    if parsed.kind == "credstore":
+        report.payload_encryption = bool(parsed.encryption)
     _check_certificate(report, parsed, warn_before)
     if parsed.expires_at is not None and parsed.expires_at <= report.checked_at:
         report.error(
             f"the binding's expires_at ({parsed.expires_at.isoformat()}) has passed: "
             "recreate the service key or rebind"
         )
-    if parsed.kind == "credstore" and parsed.encryption and (
-        "client_private_key" not in parsed.encryption
+    if (
+        parsed.kind == "credstore"
+        and parsed.encryption
+        and ("client_private_key" not in parsed.encryption)
     ):
         report.warning(
             "encryption.client_private_key is missing: decrypting payloads needs your own "
@@ -160,7 +180,7 @@ def _check_certificate(
     except (ValueError, MtlsAuthError):
         report.error("the binding's certificate is not valid PEM")
         return
-    key_bytes = _Secret(_as_pem_bytes(parsed.key, "private key"))
+    key_bytes = Secret(_as_pem_bytes(parsed.key, "private key"))
     failure = None
     try:
         key = load_pem_private_key(key_bytes.value, None)
@@ -197,8 +217,7 @@ def _check_certificate(
     left = report.not_after - report.checked_at
     if left <= datetime.timedelta(0):
         report.error(
-            f"the certificate expired on {report.not_after:%Y-%m-%d %H:%M UTC}: "
-            "rotate the binding"
+            f"the certificate expired on {report.not_after:%Y-%m-%d %H:%M UTC}: rotate the binding"
         )
     elif left <= warn_before:
         hours = left.total_seconds() / 3600
@@ -214,32 +233,3 @@ def _sha256(data: bytes) -> bytes:
     import hashlib
 
     return hashlib.sha256(data).digest()
-
-
-def token_facts(
-    authorization: str, certificate: ClientCertificate, lifetime: float
-) -> dict[str, Any]:
-    """What may be shown of a fetched token: lifetime, scopes, cnf match. Never the token."""
-    facts: dict[str, Any] = {"expires_in": round(lifetime), "format": "opaque"}
-    token = authorization.split(" ", 1)[-1]
-    parts = token.split(".")
-    if len(parts) == 3:
-        try:
-            payload = parts[1] + "=" * (-len(parts[1]) % 4)
-            claims = json.loads(base64.urlsafe_b64decode(payload))
-        except ValueError:
-            claims = None
-        if isinstance(claims, dict):
-            facts["format"] = "jwt"
-            scope = claims.get("scope")
-            if isinstance(scope, str):
-                scope = scope.split()
-            if isinstance(scope, list):
-                facts["scopes"] = [str(s) for s in scope]
-            cnf = claims.get("cnf")
-            bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-            facts["cnf_x5t#S256"] = bound
-            facts["cnf_matches_certificate"] = (
-                None if bound is None else bound == certificate.thumbprint
-            )
-    return facts

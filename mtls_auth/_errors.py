@@ -25,6 +25,8 @@ involved, and never contain a token, a private key or a response body.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BindingError",
     "CertificateError",
@@ -34,7 +36,24 @@ __all__ = [
     "TokenError",
     "TokenRequestError",
     "TokenResponseError",
+    "clean_text",
 ]
+
+_SPACES = re.compile(r" {2,}")
+
+
+def clean_text(value: object, limit: int = 200) -> str | None:
+    """A server-chosen or user-given string made safe for a message: one line, bounded.
+
+    Every non-printable character (C0 and C1 controls, terminal escapes, line
+    and paragraph separators, format characters) becomes a space. Not a
+    string: None.
+    """
+    if not isinstance(value, str):
+        return None
+    text = "".join(c if c.isprintable() else " " for c in value[: limit * 4])
+    text = _SPACES.sub(" ", text).strip()
+    return text[:limit] + "…" if len(text) > limit else text
 
 
 class MtlsAuthError(Exception):

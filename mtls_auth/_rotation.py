@@ -15,6 +15,12 @@ cheaply and rarely, whether a newer one is there:
 A new certificate is validated before it replaces the old one; a broken file
 mid-rotation keeps the old certificate and logs a warning. It also logs a
 WARNING 24 hours and 1 hour before the current certificate expires, once each.
+
+What is built from a certificate (an SSLContext, a connection pool, an HTTP
+client) follows it through `PerCertificate`, the one place that says "rebuild
+this when the certificate's generation changes, and keep the old one until it
+is closed". A `CertificateFeed` is whatever has a current certificate and
+generation: a client whose certificate rotates, or a `FixedCertificate`.
 """
 
 from __future__ import annotations
@@ -24,13 +30,25 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generic, Protocol, TypeVar
 
-from ._binding import Binding, BindingSource
-from ._certificate import ClientCertificate
-from ._errors import MtlsAuthError
+from ._binding import Binding
+from ._certificate import CertificateSource, ClientCertificate, coerce_certificate
+from ._errors import CertificateError, MtlsAuthError
+from ._redact import Secret
+from ._sources import BindingSource
 
-__all__ = ["CertificateWatch", "Loaded"]
+__all__ = [
+    "CertificateFeed",
+    "CertificateState",
+    "CertificateWatch",
+    "FixedCertificate",
+    "Loaded",
+    "PerCertificate",
+    "as_feed",
+]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("mtls_auth")
 
@@ -116,7 +134,9 @@ class CertificateWatch:
             if loaded.certificate.not_after < certificate.not_after and not force:
                 logger.warning(
                     "ignoring a replacement certificate that expires before the current one "
-                    "(%s < %s)", loaded.certificate.not_after, certificate.not_after,
+                    "(%s < %s)",
+                    loaded.certificate.not_after,
+                    certificate.not_after,
                 )
                 return None
             self.current = loaded
@@ -177,7 +197,8 @@ class CertificateWatch:
                 if left <= datetime.timedelta(0):
                     logger.warning(
                         "client certificate %s expired at %s and no replacement was found",
-                        certificate.subject, certificate.not_after.isoformat(),
+                        certificate.subject,
+                        certificate.not_after.isoformat(),
                     )
                 else:
                     logger.warning(
@@ -189,3 +210,127 @@ class CertificateWatch:
                         if self._source or self._provider
                         else "rotate it and restart, or use a binding path or provider",
                     )
+
+
+# -- following the certificate ----------------------------------------------------------
+
+
+class CertificateState(Protocol):
+    """A certificate and its generation, read together."""
+
+    @property
+    def certificate(self) -> ClientCertificate: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+class CertificateFeed(Protocol):
+    """Something with a current certificate: a token client, or a fixed certificate."""
+
+    @property
+    def state(self) -> CertificateState: ...
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    certificate: ClientCertificate
+    generation: int = 0
+
+
+class FixedCertificate:
+    """A feed whose certificate never changes (generation 0 for ever)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, certificate: ClientCertificate) -> None:
+        self.state: CertificateState = _Fixed(certificate)
+
+    def __repr__(self) -> str:
+        return f"<FixedCertificate {self.state.certificate!r}>"
+
+
+def as_feed(
+    certificate: CertificateSource | CertificateFeed,
+    key: str | bytes | Secret | None,
+    password: str | bytes | Secret | None,
+) -> CertificateFeed:
+    """What adapters and transports present: a feed to follow, or a fixed certificate.
+
+    PEM text (with `key`) and a `ClientCertificate` are fixed for the life of the
+    adapter or transport; a feed (an auth's token client, as `auth.adapter()`
+    passes it) is followed through its rotations.
+    """
+    if isinstance(certificate, (str, bytes, ClientCertificate)):
+        return FixedCertificate(coerce_certificate(certificate, key, password))
+    if key is not None or password is not None:
+        raise CertificateError("key= and password= apply to PEM text only")
+    return certificate
+
+
+class PerCertificate(Generic[T]):
+    """A value built from a feed's current certificate, rebuilt when it rotates.
+
+    `get` returns the value for the feed's current generation, building it
+    with `build` the first time and whenever the generation moved on (at most
+    one build per generation, whatever the number of threads). The value it
+    replaces is kept until `close`, since a request another thread started on
+    it must finish there; `close` closes them all with `dispose`, and the next
+    `get` builds afresh.
+    """
+
+    __slots__ = ("_build", "_current", "_dispose", "_lock", "_retired", "feed")
+
+    def __init__(
+        self,
+        feed: CertificateFeed,
+        build: Callable[[ClientCertificate], T],
+        dispose: Callable[[T], object] | None = None,
+    ) -> None:
+        self.feed = feed
+        self._build = build
+        self._dispose = dispose
+        self._lock = threading.Lock()
+        self._current: tuple[int, T] | None = None
+        self._retired: list[T] = []
+
+    @property
+    def certificate(self) -> ClientCertificate:
+        """The certificate the value is (or will be) built from."""
+        return self.feed.state.certificate
+
+    def ready(self) -> T | None:
+        """The value if it is current, without building: the async hot path."""
+        current = self._current
+        if current is not None and current[0] == self.feed.state.generation:
+            return current[1]
+        return None
+
+    def get(self) -> T:
+        current = self._current
+        state = self.feed.state
+        if current is not None and current[0] == state.generation:
+            return current[1]
+        with self._lock:
+            current = self._current
+            state = self.feed.state  # one read: certificate and generation agree
+            if current is None or current[0] != state.generation:
+                if current is not None:
+                    self._retired.append(current[1])
+                current = self._current = (state.generation, self._build(state.certificate))
+            return current[1]
+
+    def take(self) -> list[T]:
+        """Every value built so far, current last; the next `get` builds afresh."""
+        with self._lock:
+            current, self._current = self._current, None
+            values, self._retired = self._retired, []
+        if current is not None:
+            values.append(current[1])
+        return values
+
+    def close(self) -> None:
+        dispose = self._dispose
+        for value in self.take():
+            if dispose is not None:
+                dispose(value)

@@ -14,7 +14,9 @@
 The sync flow fetches tokens with an internal `httpx.Client`, the async flow with
 an internal `httpx.AsyncClient` (one per event loop) and never blocks the loop.
 No lock is held across a `yield` of the auth flow: httpx may close the flow's
-generator from another task, and a lock held there would stay held.
+generator from another task, and a lock held there would stay held. The
+Credential Store client (`CredstoreTransport`, `credstore_client`) lives in
+`mtls_auth.credstore.httpx`; its names are importable from here too.
 """
 
 from __future__ import annotations
@@ -28,196 +30,179 @@ import asyncio
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Generator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
-from ._auth import (
-    AuthCore,
-    AuthFacade,
-    AuthState,
-    CertificateSource,
-    coerce_certificate,
-)
-from ._binding import BindingInput, Redacted
-from ._certificate import Secret, Verify, redact
-from ._credstore import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
-from ._errors import BindingError
-from ._token import (
-    MAX_RESPONSE_BYTES,
-    HttpRequest,
-    HttpResponse,
-    Token,
-    TransportFailure,
-)
-from ._token import classify_failure as _classify
+from ._auth import AuthFacade
+from ._certificate import CertificateSource, ClientCertificate
+from ._client import ClientState, TokenClient
+from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
+from ._http import classify_failure as _classify
+from ._redact import Secret, redact
+from ._rotation import CertificateFeed, PerCertificate, as_feed
+from ._tls import Verify
+from ._token import Token
 from ._watchdog import SocketRegistry, watchdog
 
-__all__ = [
-    "AsyncCredstoreTransport",
-    "AsyncMtlsTransport",
-    "CredstoreTransport",
-    "MtlsOAuth2",
-    "MtlsTransport",
-    "async_credstore_client",
-    "credstore_client",
-]
+if TYPE_CHECKING:
+    from .credstore.httpx import AsyncCredstoreTransport as AsyncCredstoreTransport
+    from .credstore.httpx import CredstoreTransport as CredstoreTransport
+    from .credstore.httpx import async_credstore_client as async_credstore_client
+    from .credstore.httpx import credstore_client as credstore_client
+
+__all__ = ["AsyncMtlsTransport", "MtlsOAuth2", "MtlsTransport"]
+
+_CREDSTORE_NAMES = frozenset(
+    {"AsyncCredstoreTransport", "CredstoreTransport", "async_credstore_client", "credstore_client"}
+)
+
+_T = TypeVar("_T")
 
 
-class MtlsTransport(httpx.BaseTransport):
+def __getattr__(name: str) -> Any:
+    # The Credential Store client moved to mtls_auth.credstore.httpx; these
+    # names stay importable from here (loaded on first use: it imports us).
+    if name in _CREDSTORE_NAMES:
+        from .credstore import httpx as credstore_httpx
+
+        return getattr(credstore_httpx, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Presenting(Generic[_T]):
+    """What both mTLS transports share: the certificate they present, and its rotations.
+
+    The wrapped httpx transport is built per certificate (one SSLContext each:
+    httpcore mutates the context it is given) and rebuilt when a followed
+    certificate rotates; requests in flight finish on the old one.
+    """
+
+    _transports: PerCertificate[_T]
+
+    def __init__(
+        self,
+        certificate: CertificateSource | CertificateFeed,
+        key: str | bytes | Secret | None = None,
+        *,
+        password: str | bytes | Secret | None = None,
+        verify: Verify = True,
+        **kwargs: Any,
+    ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
+        self._verify = verify
+        self._kwargs = kwargs
+        self._transports = PerCertificate(as_feed(certificate, key, password), self._build)
+        self._transports.get()  # a bad certificate or CA fails here, not at a request
+
+    def _build(self, certificate: ClientCertificate) -> _T:
+        raise NotImplementedError
+
+    @property
+    def certificate(self) -> ClientCertificate:
+        """The certificate new connections present."""
+        return self._transports.certificate
+
+    def __repr__(self) -> str:
+        try:
+            return f"<{type(self).__name__} certificate={self.certificate!r}>"
+        except Exception:  # noqa: BLE001 - repr must never raise (half-built transport)
+            return f"<{type(self).__name__} (not constructed)>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{type(self).__name__} holds a private key and cannot be pickled")
+
+
+class MtlsTransport(_Presenting[httpx.HTTPTransport], httpx.BaseTransport):
     """An httpx transport whose connections present a client certificate.
 
-    `verify` (True for the system store, a CA bundle path or CA PEM text) is the
-    only trust anchor. Other keyword arguments (`http2`, `retries`, `limits`,
-    `proxy`, ...) go to the `httpx.HTTPTransport` underneath. A transport made
-    by `MtlsOAuth2.transport()` follows that auth's certificate rotations: new
-    connections use the new certificate, requests in flight finish on theirs.
+    `certificate` is PEM text (then `key` is the PEM private key) or a
+    `ClientCertificate`, presented for the transport's whole life;
+    `auth.transport()` makes one that follows `auth`'s certificate through its
+    rotations instead. `verify` (True for the system store, a CA bundle path or
+    CA PEM text) is the only trust anchor. Other keyword arguments (`http2`,
+    `retries`, `limits`, `proxy`, ...) go to the `httpx.HTTPTransport` underneath.
     """
 
-    def __init__(
-        self,
-        certificate: CertificateSource,
-        key: str | bytes | Secret | None = None,
-        *,
-        password: str | bytes | Secret | None = None,
-        verify: Verify = True,
-        **kwargs: Any,
-    ) -> None:
-        key, password = redact(key), redact(password)  # no key in captured frames
-        self.certificate = coerce_certificate(certificate, key, password)
-        self._verify = verify
-        self._kwargs = kwargs
-        self._follow: AuthCore | None = None
-        self._generation = 0
-        self._lock = threading.Lock()
-        self._retired: list[httpx.HTTPTransport] = []
-        self._transport = self._build()
-
-    def _build(self) -> httpx.HTTPTransport:
-        # One SSLContext per transport: httpcore mutates the context it is given.
-        context = self.certificate.ssl_context(self._verify)
-        return httpx.HTTPTransport(verify=context, **self._kwargs)
-
-    def _current(self) -> httpx.HTTPTransport:
-        follow = self._follow
-        if follow is not None and follow.generation != self._generation:
-            with self._lock:
-                state = follow.state  # one read: certificate and generation agree
-                if state.generation != self._generation:
-                    generation, certificate = state.generation, state.certificate
-                    self.certificate = certificate
-                    self._retired.append(self._transport)
-                    self._transport = self._build()
-                    self._generation = generation
-        return self._transport
+    def _build(self, certificate: ClientCertificate) -> httpx.HTTPTransport:
+        return httpx.HTTPTransport(verify=certificate.ssl_context(self._verify), **self._kwargs)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._current().handle_request(request)
+        return self._transports.get().handle_request(request)
 
     def close(self) -> None:
-        with self._lock:
-            transports, self._retired = [*self._retired, self._transport], []
-        for transport in transports:
+        for transport in self._transports.take():
             transport.close()
 
-    def __repr__(self) -> str:
-        return f"<MtlsTransport certificate={self.certificate!r}>"
 
-    def __reduce__(self) -> Any:
-        raise TypeError("MtlsTransport holds a private key and cannot be pickled")
+class AsyncMtlsTransport(_Presenting[httpx.AsyncHTTPTransport], httpx.AsyncBaseTransport):
+    """The async `MtlsTransport`, with the same arguments (`auth.async_transport()`)."""
 
-
-class AsyncMtlsTransport(httpx.AsyncBaseTransport):
-    """An async httpx transport whose connections present a client certificate.
-
-    The async twin of `MtlsTransport`, with the same arguments; made by
-    `MtlsOAuth2.async_transport()` it follows the auth's certificate rotations.
-    """
-
-    def __init__(
-        self,
-        certificate: CertificateSource,
-        key: str | bytes | Secret | None = None,
-        *,
-        password: str | bytes | Secret | None = None,
-        verify: Verify = True,
-        **kwargs: Any,
-    ) -> None:
-        key, password = redact(key), redact(password)  # no key in captured frames
-        self.certificate = coerce_certificate(certificate, key, password)
-        self._verify = verify
-        self._kwargs = kwargs
-        self._follow: AuthCore | None = None
-        self._generation = 0
-        self._lock = threading.Lock()
-        self._retired: list[httpx.AsyncHTTPTransport] = []
-        self._transport = self._build()
-
-    def _build(self) -> httpx.AsyncHTTPTransport:
+    def _build(self, certificate: ClientCertificate) -> httpx.AsyncHTTPTransport:
         return httpx.AsyncHTTPTransport(
-            verify=self.certificate.ssl_context(self._verify), **self._kwargs
+            verify=certificate.ssl_context(self._verify), **self._kwargs
         )
 
-    async def _current(self) -> httpx.AsyncHTTPTransport:
-        follow = self._follow
-        if follow is not None and follow.generation != self._generation:
-            # Building the context loads a key: keep it off the event loop.
-            loop = asyncio.get_running_loop()
-            state = follow.state  # one read: certificate and generation agree
-            certificate, generation = state.certificate, state.generation
-            context = await loop.run_in_executor(None, certificate.ssl_context, self._verify)
-            with self._lock:
-                if generation != self._generation:
-                    self.certificate = certificate
-                    self._retired.append(self._transport)
-                    self._transport = httpx.AsyncHTTPTransport(verify=context, **self._kwargs)
-                    self._generation = generation
-        return self._transport
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await (await self._current()).handle_async_request(request)
+        # Building a context loads a key: after a rotation, off the event loop.
+        transport = self._transports.ready()
+        if transport is None:
+            transport = await _off_loop(self._transports.get)
+        return await transport.handle_async_request(request)
 
     async def aclose(self) -> None:
-        with self._lock:
-            transports, self._retired = [*self._retired, self._transport], []
-        for transport in transports:
+        for transport in self._transports.take():
             await transport.aclose()
 
-    def __repr__(self) -> str:
-        return f"<AsyncMtlsTransport certificate={self.certificate!r}>"
 
-    def __reduce__(self) -> Any:
-        raise TypeError("AsyncMtlsTransport holds a private key and cannot be pickled")
+# -- the token endpoint ------------------------------------------------------------------
 
 
 class _LoopClients:
-    """The internal AsyncClients of one auth, one per event loop and generation.
+    """The internal AsyncClients of one token client, one per event loop.
 
-    An AsyncClient's connections belong to its loop. Each client is paired with
-    a suspended async generator registered on that loop: when `asyncio.run()`
-    finalises the loop (`shutdown_asyncgens`), the generator's `finally` closes
-    the client there, so no socket outlives its loop. Entries of loops closed
-    some other way are dropped on the next access.
+    An AsyncClient's connections belong to its loop. Each loop's clients (one
+    per certificate generation) are paired with a suspended async generator
+    registered on that loop: when `asyncio.run()` finalises the loop
+    (`shutdown_asyncgens`), the generator's `finally` closes them there, so no
+    socket outlives its loop. Entries of loops closed some other way are
+    dropped on the next access.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, feed: CertificateFeed, verify: Verify) -> None:
+        self._feed = feed
+        self._verify = verify
         self._lock = threading.Lock()
         self._entries: dict[
-            int, tuple[weakref.ref[asyncio.AbstractEventLoop], int, httpx.AsyncClient, Any]
+            int,
+            tuple[weakref.ref[asyncio.AbstractEventLoop], PerCertificate[httpx.AsyncClient], Any],
         ] = {}
 
-    def get(self, loop: asyncio.AbstractEventLoop, generation: int) -> httpx.AsyncClient | None:
-        entry = self._entries.get(id(loop))
-        if entry is not None and entry[0]() is loop and entry[1] == generation:
-            return entry[2]
-        return None
+    def _build(self, certificate: ClientCertificate) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            verify=certificate.ssl_context(self._verify), follow_redirects=False
+        )
 
-    async def put(
-        self, loop: asyncio.AbstractEventLoop, generation: int, client: httpx.AsyncClient
-    ) -> httpx.AsyncClient:
-        keeper = _close_with_loop(client)
+    async def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(id(loop))
+        if entry is None or entry[0]() is not loop:
+            entry = await self._add(loop)
+        clients = entry[1]
+        # Loading the key and the CA store takes milliseconds of CPU: in a worker
+        # thread, not on the loop.
+        client = clients.ready()
+        if client is None:
+            client = await _off_loop(clients.get)
+        return client
+
+    async def _add(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[weakref.ref[asyncio.AbstractEventLoop], PerCertificate[httpx.AsyncClient], Any]:
+        clients = PerCertificate(self._feed, self._build)
+        keeper = _close_with_loop(clients)
         await keeper.__anext__()  # registers it with the loop's asyncgen hooks
+        entry = (weakref.ref(loop), clients, keeper)
         with self._lock:
-            old = self._entries.get(id(loop))
-            self._entries[id(loop)] = (weakref.ref(loop), generation, client, keeper)
+            self._entries[id(loop)] = entry
             dead = [
                 key
                 for key, (ref, *_rest) in self._entries.items()
@@ -225,22 +210,163 @@ class _LoopClients:
             ]
             for key in dead:
                 del self._entries[key]
-        if old is not None and old[0]() is loop:
-            await old[3].aclose()  # the client of the previous generation
-        return client
+        return entry
 
-    async def aclose(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
         with self._lock:
             entry = self._entries.pop(id(loop), None)
         if entry is not None and entry[0]() is loop:
-            await entry[3].aclose()
+            await entry[2].aclose()
 
 
-async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+async def _close_with_loop(
+    clients: PerCertificate[httpx.AsyncClient],
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        await client.aclose()
+        for client in clients.take():
+            await client.aclose()
+
+
+class _HttpxSender:
+    """Talks to the token endpoint of one client: an `httpx.Client`, an `AsyncClient` per loop."""
+
+    def __init__(self, client: TokenClient) -> None:
+        verify = client.settings.verify
+        self._sync = PerCertificate(
+            client,
+            lambda cert: httpx.Client(verify=cert.ssl_context(verify), follow_redirects=False),
+            httpx.Client.close,
+        )
+        self._sockets = SocketRegistry()
+        self._loops = _LoopClients(client, verify)
+
+    def send(self, request: HttpRequest, state: ClientState) -> HttpResponse | TransportFailure:
+        client = self._sync.get()
+        registry = self._sockets
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            # Every new TLS connection of the token client, for the watchdog.
+            if event == "connection.start_tls.complete":
+                stream = info.get("return_value")
+                if stream is not None:
+                    registry.add(stream.get_extra_info("socket"))
+
+        # The whole attempt, headers and body, within request.timeout: a
+        # watchdog severs the connection of a server that drips bytes.
+        with watchdog(registry, request.timeout) as fired:
+            outcome = _exchange(client, request, trace)
+        if fired.is_set():
+            return TransportFailure("timeout", f"no complete answer within {request.timeout:.1f}s")
+        return outcome
+
+    async def asend(
+        self, request: HttpRequest, state: ClientState
+    ) -> HttpResponse | TransportFailure:
+        client = await self._loops.get()
+        try:
+            # The whole attempt within request.timeout, not just each read.
+            return await asyncio.wait_for(_aexchange(client, request), request.timeout)
+        except asyncio.TimeoutError as exc:
+            return TransportFailure(
+                "timeout", f"no complete answer within {request.timeout:.1f}s", exc
+            )
+
+    def close(self) -> None:
+        self._sync.close()
+
+    async def aclose(self) -> None:
+        await self._loops.aclose()
+        self.close()
+
+
+def _stream(request: HttpRequest) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "url": request.url,
+        "content": request.body,
+        "headers": request.headers,
+        "timeout": request.timeout,
+    }
+
+
+class _Body:
+    """A token response's body, read chunk by chunk up to `MAX_RESPONSE_BYTES`."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> bool:
+        self.data += chunk
+        return len(self.data) <= MAX_RESPONSE_BYTES
+
+    def response(self, response: httpx.Response) -> HttpResponse:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return HttpResponse(response.status_code, headers, bytes(self.data))
+
+
+_TOO_LARGE = TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
+
+
+def _exchange(
+    client: httpx.Client, request: HttpRequest, trace: Callable[[str, dict[str, Any]], None]
+) -> HttpResponse | TransportFailure:
+    try:
+        with client.stream(**_stream(request), extensions={"trace": trace}) as response:
+            body = _Body()
+            for chunk in response.iter_bytes():
+                if not body.add(chunk):
+                    return _TOO_LARGE
+            return body.response(response)
+    except httpx.TimeoutException as exc:
+        return _classify(exc, timed_out=True)
+    except (httpx.TransportError, OSError) as exc:
+        return _classify(exc)
+
+
+async def _aexchange(
+    client: httpx.AsyncClient, request: HttpRequest
+) -> HttpResponse | TransportFailure:
+    try:
+        async with client.stream(**_stream(request)) as response:
+            body = _Body()
+            async for chunk in response.aiter_bytes():
+                if not body.add(chunk):
+                    return _TOO_LARGE
+            return body.response(response)
+    except httpx.TimeoutException as exc:
+        return _classify(exc, timed_out=True)
+    except (httpx.TransportError, OSError) as exc:
+        return _classify(exc)
+
+
+async def _off_loop(call: Callable[[], _T]) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+# -- signing -------------------------------------------------------------------------------
+
+
+class _Ask:
+    """What the signing flow asks its driver for: a token."""
+
+    __slots__ = ()
+
+
+class _Refused:
+    """What the signing flow asks its driver after a 401: drop `token`, resend?"""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Token) -> None:
+        self.token = token
+
+
+_TOKEN = _Ask()
 
 
 class MtlsOAuth2(AuthFacade, httpx.Auth):
@@ -254,194 +380,92 @@ class MtlsOAuth2(AuthFacade, httpx.Auth):
     more with a new one, when its body can be replayed.
     """
 
+    @classmethod
+    def _new_sender(cls, client: TokenClient) -> _HttpxSender:
+        return _HttpxSender(client)
+
     requires_request_body = False
     requires_response_body = False
 
-    def _setup(self, core: AuthCore) -> None:
-        self._core = core
-        self._lock = threading.Lock()
-        self._client: tuple[int, httpx.Client] | None = None
-        self._retired: list[httpx.Client] = []
-        self._sockets = SocketRegistry()
-        self._async_clients = _LoopClients()
-
     def transport(self, **kwargs: Any) -> MtlsTransport:
         """An `MtlsTransport` presenting this auth's certificate, following its rotations."""
-        transport = MtlsTransport(self._core.certificate, verify=self._core.verify, **kwargs)
-        transport._follow, transport._generation = self._core, self._core.generation
-        return transport
+        client = self._live()
+        return MtlsTransport(client, verify=client.settings.verify, **kwargs)
 
     def async_transport(self, **kwargs: Any) -> AsyncMtlsTransport:
         """An `AsyncMtlsTransport` presenting this auth's certificate, following rotations."""
-        transport = AsyncMtlsTransport(self._core.certificate, verify=self._core.verify, **kwargs)
-        transport._follow, transport._generation = self._core, self._core.generation
-        return transport
+        client = self._live()
+        return AsyncMtlsTransport(client, verify=client.settings.verify, **kwargs)
 
     # -- the auth flows ------------------------------------------------------------
+
+    def _signing_flow(
+        self, request: httpx.Request
+    ) -> Generator[_Ask | _Refused | httpx.Request, Any, None]:
+        """Every decision of signing a request, for both drivers below.
+
+        Yields `_TOKEN` (send back a token), a `_Refused` naming the token the
+        resource refused (send back whether resending is worth it), or the
+        request (send back httpx's response).
+        """
+        client = self._live()
+        client.destinations.check(request.url.scheme, request.url.host)
+        token: Token = yield _TOKEN
+        request.headers["Authorization"] = token.authorization()
+        response: httpx.Response = yield request
+        if _retry_401(request, response) and (yield _Refused(token)):
+            token = yield _TOKEN
+            request.headers["Authorization"] = token.authorization()
+            response = yield request
+            if response.status_code == 401:
+                client.refused_after_retry(token)
 
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        core = self._core
-        url = request.url
-        core.destinations.check(url.scheme, url.host)
-        token = core.fresh_token() or core.token(self._send)
-        request.headers["Authorization"] = token.authorization()
-        response = yield request
-        if _retry_401(request, response) and core.invalidate_token(token):
-            token = core.token(self._send)
-            request.headers["Authorization"] = token.authorization()
-            response = yield request
-            if response.status_code == 401:
-                core.refused_after_retry(token)
+        flow = self._signing_flow(request)
+        step = next(flow)
+        while True:
+            if isinstance(step, _Ask):
+                reply: Any = self._token()
+            elif isinstance(step, _Refused):
+                reply = self._live().invalidate(self._key(), step.token)
+            else:
+                reply = yield step
+            try:
+                step = flow.send(reply)
+            except StopIteration:
+                return
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        core = self._core
-        url = request.url
-        core.destinations.check(url.scheme, url.host)
-        # The token is obtained and every lock released inside this one await;
+        # The token is obtained and every lock released inside one await;
         # nothing is held across the yield below.
-        token = core.fresh_token() or await core.atoken(self._asend)
-        request.headers["Authorization"] = token.authorization()
-        response = yield request
-        if _retry_401(request, response) and await _ainvalidate(core, token):
-            token = await core.atoken(self._asend)
-            request.headers["Authorization"] = token.authorization()
-            response = yield request
-            if response.status_code == 401:
-                core.refused_after_retry(token)
+        flow = self._signing_flow(request)
+        step = next(flow)
+        while True:
+            if isinstance(step, _Ask):
+                reply: Any = await self._atoken()
+            elif isinstance(step, _Refused):
+                reply = await self._live().ainvalidate(self._key(), step.token)
+            else:
+                reply = yield step
+            try:
+                step = flow.send(reply)
+            except StopIteration:
+                return
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise RuntimeError("MtlsOAuth2 drives sync_auth_flow and async_auth_flow directly")
 
-    # -- the token endpoint ----------------------------------------------------------
-
-    def _token_client(self, state: AuthState) -> httpx.Client:
-        current = self._client
-        if current is None or current[0] != state.generation:
-            with self._lock:
-                current = self._client
-                if current is None or current[0] != state.generation:
-                    if current is not None:
-                        # A fetch may still be using it; closed with the auth.
-                        self._retired.append(current[1])
-                    context = state.certificate.ssl_context(self._core.verify)
-                    client = httpx.Client(verify=context, follow_redirects=False)
-                    current = self._client = (state.generation, client)
-        return current[1]
-
-    async def _async_token_client(self, state: AuthState) -> httpx.AsyncClient:
-        # AsyncClient connections belong to the loop that opened them, so each
-        # event loop gets its own client, closed when asyncio.run() finalises
-        # that loop (see _LoopClients). Loading the key and the CA store takes
-        # milliseconds of CPU: done in a worker thread, not on the loop.
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop, state.generation)
-        if client is None:
-            context = await loop.run_in_executor(
-                None, state.certificate.ssl_context, self._core.verify
-            )
-            client = await self._async_clients.put(
-                loop, state.generation, httpx.AsyncClient(verify=context, follow_redirects=False)
-            )
-        return client
-
-    def _send(self, request: HttpRequest, state: AuthState) -> HttpResponse | TransportFailure:
-        client = self._token_client(state)
-        registry = self._sockets
-
-        def trace(event: str, info: dict[str, Any]) -> None:
-            # Every new TLS connection of the token client, for the watchdog.
-            if event == "connection.start_tls.complete":
-                stream = info.get("return_value")
-                if stream is not None:
-                    registry.add(stream.get_extra_info("socket"))
-
-        # The whole attempt, headers and body, within request.timeout: a
-        # watchdog severs the connection of a server that drips bytes.
-        with watchdog(registry, request.timeout) as fired:
-            outcome = self._exchange(client, request, trace)
-        if fired.is_set():
-            return TransportFailure("timeout", f"no complete answer within {request.timeout:.1f}s")
-        return outcome
-
-    @staticmethod
-    def _exchange(
-        client: httpx.Client, request: HttpRequest, trace: Callable[[str, dict[str, Any]], None]
-    ) -> HttpResponse | TransportFailure:
-        try:
-            with client.stream(
-                request.method,
-                request.url,
-                content=request.body,
-                headers=request.headers,
-                timeout=request.timeout,
-                extensions={"trace": trace},
-            ) as response:
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        return TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
-                return HttpResponse(response.status_code, _lower(response.headers), bytes(body))
-        except httpx.TimeoutException as exc:
-            return _classify(exc, timed_out=True)
-        except (httpx.TransportError, OSError) as exc:
-            return _classify(exc)
-
-    async def _asend(
-        self, request: HttpRequest, state: AuthState
-    ) -> HttpResponse | TransportFailure:
-        client = await self._async_token_client(state)
-        try:
-            # The whole attempt within request.timeout, not just each read.
-            return await asyncio.wait_for(self._aexchange(client, request), request.timeout)
-        except asyncio.TimeoutError as exc:
-            return TransportFailure(
-                "timeout", f"no complete answer within {request.timeout:.1f}s", exc
-            )
-
-    @staticmethod
-    async def _aexchange(
-        client: httpx.AsyncClient, request: HttpRequest
-    ) -> HttpResponse | TransportFailure:
-        try:
-            async with client.stream(
-                request.method,
-                request.url,
-                content=request.body,
-                headers=request.headers,
-                timeout=request.timeout,
-            ) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        return TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
-                return HttpResponse(response.status_code, _lower(response.headers), bytes(body))
-        except httpx.TimeoutException as exc:
-            return _classify(exc, timed_out=True)
-        except (httpx.TransportError, OSError) as exc:
-            return _classify(exc)
-
-    # -- lifecycle and presentation -------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the internal sync client used for the token endpoint."""
-        with self._lock:
-            current, self._client = self._client, None
-            clients, self._retired = list(self._retired), []
-        if current is not None:
-            clients.append(current[1])
-        for client in clients:
-            client.close()
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close the internal clients: the current loop's async ones and the sync one."""
-        await self._async_clients.aclose(asyncio.get_running_loop())
-        self.close()
+        client = self._client
+        if client is not None and isinstance(client.sender, _HttpxSender):
+            await client.sender.aclose()
 
     def __enter__(self) -> MtlsOAuth2:
         return self
@@ -454,18 +478,6 @@ class MtlsOAuth2(AuthFacade, httpx.Auth):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-
-def _lower(headers: httpx.Headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-async def _ainvalidate(core: AuthCore, token: Token) -> bool:
-    if core.watch is None:
-        return core.invalidate_token(token)
-    # With a watched binding, invalidation checks the files: off the event loop.
-    return await asyncio.get_running_loop().run_in_executor(None, core.invalidate_token, token)
 
 
 def _retry_401(request: httpx.Request, response: httpx.Response) -> bool:
@@ -486,186 +498,3 @@ def _retry_401(request: httpx.Request, response: httpx.Response) -> bool:
     ):
         return False
     return isinstance(request.stream, httpx.ByteStream)
-
-
-# -- Credential Store -----------------------------------------------------------------
-
-_DROP_ON_REWRITE = ("content-length", "content-encoding", "transfer-encoding", "content-type")
-
-
-def _sealed(request: httpx.Request, cipher: PayloadCipher, body: bytes) -> httpx.Request:
-    sealed = seal_request(cipher, body, request.headers.get("Content-Type"))
-    if sealed is None:
-        return request
-    headers = [
-        (k, v) for k, v in request.headers.multi_items() if k.lower() not in _DROP_ON_REWRITE
-    ]
-    headers.append(("Content-Type", JOSE_CONTENT_TYPE))
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=headers,
-        content=sealed,
-        extensions=request.extensions,
-    )
-
-
-def _opened(
-    response: httpx.Response, request: httpx.Request, cipher: PayloadCipher, strict: bool
-) -> httpx.Response:
-    opened = open_response(
-        cipher,
-        response.status_code,
-        response.headers.get("Content-Type"),
-        response.content,
-        require_encrypted=strict,
-    )
-    if opened is None:
-        return response
-    headers = [
-        (k, v) for k, v in response.headers.multi_items() if k.lower() not in _DROP_ON_REWRITE
-    ]
-    headers.append(("Content-Type", "application/json"))
-    return httpx.Response(
-        response.status_code,
-        headers=headers,
-        content=opened,
-        request=request,
-        extensions=response.extensions,
-    )
-
-
-class CredstoreTransport(httpx.BaseTransport):
-    """Wraps a transport to encrypt and decrypt Credential Store payloads.
-
-    Request bodies leave as JWE (`application/jose`) encrypted with the
-    `cipher`'s server key; `application/jose` responses are decrypted, so the
-    caller sees `application/json`. A successful response that is not
-    encrypted raises `PayloadError` unless `require_encrypted=False`.
-    """
-
-    def __init__(
-        self,
-        transport: httpx.BaseTransport,
-        cipher: PayloadCipher,
-        *,
-        require_encrypted: bool = True,
-    ) -> None:
-        self.transport = transport
-        self.cipher = cipher
-        self.require_encrypted = require_encrypted
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        sealed = _sealed(request, self.cipher, request.read())
-        response = self.transport.handle_request(sealed)
-        try:
-            response.read()
-        finally:
-            response.close()
-        return _opened(response, sealed, self.cipher, self.require_encrypted)
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __repr__(self) -> str:
-        return f"<CredstoreTransport {self.transport!r} cipher={self.cipher!r}>"
-
-
-class AsyncCredstoreTransport(httpx.AsyncBaseTransport):
-    """The async twin of `CredstoreTransport`."""
-
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport,
-        cipher: PayloadCipher,
-        *,
-        require_encrypted: bool = True,
-    ) -> None:
-        self.transport = transport
-        self.cipher = cipher
-        self.require_encrypted = require_encrypted
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        sealed = _sealed(request, self.cipher, await request.aread())
-        response = await self.transport.handle_async_request(sealed)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return _opened(response, sealed, self.cipher, self.require_encrypted)
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
-
-    def __repr__(self) -> str:
-        return f"<AsyncCredstoreTransport {self.transport!r} cipher={self.cipher!r}>"
-
-
-def _credstore_parts(
-    binding: BindingInput,
-    namespace: str,
-    verify: Verify,
-    client_private_key: str | bytes | None,
-    kwargs: dict[str, Any],
-) -> tuple[MtlsOAuth2, str, PayloadCipher | None]:
-    binding = Redacted(binding)  # frames captured on error show no key
-    auth = MtlsOAuth2.from_binding(binding, namespace=namespace, verify=verify, **kwargs)
-    parsed = auth._core.binding
-    if parsed is None or parsed.kind != "credstore" or not parsed.url:
-        raise BindingError(
-            "credstore_client needs a Credential Store oauth:mtls binding with a url"
-        )
-    cipher = None
-    if parsed.encryption or client_private_key is not None:
-        cipher = PayloadCipher.from_encryption(
-            parsed.encryption, client_private_key=client_private_key
-        )
-    return auth, parsed.url.rstrip("/") + "/", cipher
-
-
-def credstore_client(
-    binding: BindingInput,
-    *,
-    namespace: str,
-    verify: Verify = True,
-    client_private_key: str | bytes | None = None,
-    require_encrypted: bool = True,
-    **kwargs: Any,
-) -> httpx.Client:
-    """An `httpx.Client` for the Credential Store credentials API in one call.
-
-    The auth (tokens for `namespace`), payload encryption from the binding's
-    ``encryption`` block, and the binding's ``url`` as `base_url`::
-
-        with credstore_client("credstore-key.json", namespace="ns1") as client:
-            client.post("password", json={"name": "db", "value": "s3cret"})
-            client.get("password", params={"name": "db"}).json()["value"]
-    """
-    auth, base_url, cipher = _credstore_parts(
-        binding, namespace, verify, client_private_key, kwargs
-    )
-    transport: httpx.BaseTransport = auth.transport()
-    if cipher is not None:
-        transport = CredstoreTransport(transport, cipher, require_encrypted=require_encrypted)
-    return httpx.Client(auth=auth, base_url=base_url, transport=transport)
-
-
-def async_credstore_client(
-    binding: BindingInput,
-    *,
-    namespace: str,
-    verify: Verify = True,
-    client_private_key: str | bytes | None = None,
-    require_encrypted: bool = True,
-    **kwargs: Any,
-) -> httpx.AsyncClient:
-    """The `httpx.AsyncClient` twin of `credstore_client`."""
-    auth, base_url, cipher = _credstore_parts(
-        binding, namespace, verify, client_private_key, kwargs
-    )
-    transport: httpx.AsyncBaseTransport = auth.async_transport()
-    if cipher is not None:
-        transport = AsyncCredstoreTransport(
-            transport, cipher, require_encrypted=require_encrypted
-        )
-    return httpx.AsyncClient(auth=auth, base_url=base_url, transport=transport)

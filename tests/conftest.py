@@ -25,7 +25,6 @@ import inspect
 import logging
 import os
 import re
-import sys
 import threading
 import warnings
 import weakref
@@ -557,10 +556,10 @@ def _install() -> None:
     for cls in _library_classes():
         _wrap_init(cls)
     _wrap_classmethod(ClientCertificate, "_build")
-    for module_name in ("mtls_auth.requests", "mtls_auth.httpx"):
-        module = sys.modules.get(module_name)
-        if module is not None:
-            _wrap_method_tracking_self(module.MtlsOAuth2, "_setup")
+    # Every MtlsOAuth2, constructed or derived, is bound to its client here.
+    from mtls_auth._auth import AuthFacade
+
+    _wrap_method_tracking_self(AuthFacade, "_bind")
 
 
 _install()

@@ -30,7 +30,7 @@ from mtls_auth import (
     TokenRequestError,
     TokenResponseError,
 )
-from mtls_auth._token import RetryPolicy
+from mtls_auth._retry import RetryPolicy
 from mtls_auth.testing import PKI, Credential, Fault, TokenServer
 
 CLIENT_ID = "sb-client!t1"
@@ -631,10 +631,9 @@ def test_internal_token_client_reuses_its_connection(
     )
     with auth:
         for _ in range(3):
-            auth._core.cache.clear()
-            auth._core.token(auth._send)
-        assert auth._session is not None
-        session = auth._session[1]
+            auth._client.cache.clear()
+            auth.token_info()
+        session = auth._client.sender._sessions.get()
         manager = session.get_adapter(server.token_url).poolmanager
         (pool,) = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118 - no __iter__
         assert pool.num_connections == 1  # three fetches, one TLS connection

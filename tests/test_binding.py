@@ -28,17 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mtls_auth._binding as binding_module
+import mtls_auth._sources as binding_module
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import BindingError, CertificateError, MtlsAuthError
-from mtls_auth._binding import (
-    Binding,
-    BindingSource,
-    discover_token_endpoint,
-    parse_credentials,
-    select_vcap_service,
-)
+from mtls_auth._binding import Binding, parse_credentials
+from mtls_auth._discovery import discover_token_endpoint
+from mtls_auth._sources import BindingSource, select_vcap_service
 from mtls_auth.testing import (
     PKI,
     Credential,
@@ -805,7 +801,7 @@ def test_from_binding_credstore(
     assert auth.client_id == CREDSTORE_ID
     assert auth.token_url == credstore_server.credstore_token_url
     assert auth.namespace == NAMESPACE
-    assert dict(auth._core.binding.encryption) == encryption_keys
+    assert dict(auth._client.state.binding.encryption) == encryption_keys
     fragments = secret_fragments(client_credential, *encryption_keys.values())
     assert_clean(repr(auth), fragments)
     body = call(module, auth, credstore_server)
@@ -834,9 +830,9 @@ def test_credstore_namespace_is_part_of_the_cache_key(
     second = module.MtlsOAuth2.from_binding(
         credstore_key, namespace=NAMESPACE, verify=credstore_server.ca_pem
     )
-    assert first._core.spec.cache_key != second._core.spec.cache_key
-    assert "team-a" in first._core.spec.cache_key
-    assert NAMESPACE in second._core.spec.cache_key
+    assert first._key() != second._key()
+    assert "team-a" in first._key()
+    assert NAMESPACE in second._key()
     assert call(module, first, credstore_server)["namespace"] == "team-a"
     assert call(module, second, credstore_server)["namespace"] == NAMESPACE
     assert [r.namespace for r in credstore_server.token_requests] == ["team-a", NAMESPACE]

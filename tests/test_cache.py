@@ -253,7 +253,7 @@ def test_get_fetches_once_while_fresh() -> None:
     cache = TokenCache(clock=clock)
     fetch = SyncFetch(clock)
     assert cache.current(KEY) is None
-    assert cache.freshness() is None
+    assert cache.freshness(KEY) is None
     first = cache.get(KEY, fetch)
     assert fetch.calls == 1
     assert value_of(first) == "sync-1"
@@ -262,7 +262,7 @@ def test_get_fetches_once_while_fresh() -> None:
         assert cache.get(KEY, fetch) is first
     assert fetch.calls == 1
     assert cache.current(KEY) is first
-    state, left = cache.freshness()  # type: ignore[misc]
+    state, left = cache.freshness(KEY)  # type: ignore[misc]
     assert state is Freshness.FRESH
     assert left == pytest.approx(60.001)
     assert_unlocked(cache)
@@ -274,7 +274,7 @@ def test_get_stale_refreshes_exactly_once() -> None:
     fetch = SyncFetch(clock)
     first = cache.get(KEY, fetch)
     clock.advance(1750.0)  # 10 s after refresh_at, 50 s before expiry
-    assert cache.freshness()[0] is Freshness.STALE  # type: ignore[index]
+    assert cache.freshness(KEY)[0] is Freshness.STALE  # type: ignore[index]
     assert cache.current(KEY) is None  # current() only hands out fresh tokens
     assert fetch.calls == 1
     second = cache.get(KEY, fetch)
@@ -324,7 +324,7 @@ def test_get_32_threads_one_fetch(state: str) -> None:
     if state == "expired":
         cache.get(KEY, SyncFetch(clock, name="old"))
         clock.advance(1800.0)
-        assert cache.freshness()[0] is Freshness.EXPIRED  # type: ignore[index]
+        assert cache.freshness(KEY)[0] is Freshness.EXPIRED  # type: ignore[index]
         cache.decisions.clear()
     # The fetch returns only once all 32 callers have reached the cache.
     fetch = SyncFetch(clock, before=lambda: cache.wait_decisions(32))
@@ -428,22 +428,22 @@ def test_invalidate_only_the_current_token() -> None:
     fetch = SyncFetch(clock)
     first = cache.get(KEY, fetch)
 
-    cache.invalidate(make_token(clock(), value="sync-1"))  # equal value, other object
+    cache.invalidate(KEY, make_token(clock(), value="sync-1"))  # equal value, other object
     assert cache.get(KEY, fetch) is first
     assert fetch.calls == 1
 
-    cache.invalidate(first)
+    cache.invalidate(KEY, first)
     assert cache.current(KEY) is None
     second = cache.get(KEY, fetch)
     assert second is not first
     assert fetch.calls == 2
 
     # A late 401 for the old token does not drop the newer one.
-    cache.invalidate(first)
+    cache.invalidate(KEY, first)
     assert cache.get(KEY, fetch) is second
     assert fetch.calls == 2
 
-    cache.invalidate()
+    cache.invalidate(KEY)
     assert cache.current(KEY) is None
     cache.get(KEY, fetch)
     assert fetch.calls == 3
@@ -458,12 +458,12 @@ def test_invalidate_resets_stale_backoff() -> None:
     old = cache.get(KEY, SyncFetch(clock))
     clock.advance(1750.0)
     assert cache.get(KEY, SyncFetch(clock, error=TokenRequestError("down"))) is old
-    cache.invalidate(old)
+    cache.invalidate(KEY, old)
     fetch = SyncFetch(clock, name="fresh")
     assert value_of(cache.get(KEY, fetch)) == "fresh-1"
 
 
-def test_key_mismatch_fetches_anew() -> None:
+def test_each_key_has_its_own_token() -> None:
     clock = FakeClock()
     cache = TokenCache(clock=clock)
     fetch = SyncFetch(clock)
@@ -471,8 +471,9 @@ def test_key_mismatch_fetches_anew() -> None:
     second = cache.get(OTHER_KEY, fetch)
     assert fetch.calls == 2
     assert second is not first
-    assert cache.current(KEY) is None
+    assert cache.current(KEY) is first
     assert cache.current(OTHER_KEY) is second
+    assert cache.get(KEY, fetch) is first
     assert cache.get(OTHER_KEY, fetch) is second
     assert fetch.calls == 2
     assert_unlocked(cache)
@@ -624,7 +625,7 @@ def test_aget_cancelled_fetch_task_fails_waiters_and_frees_the_flight() -> None:
         for _ in range(20):
             await asyncio.sleep(0)
         assert fetch.started.is_set()
-        flight = cache._flight
+        flight = cache._flights.get(KEY)
         assert flight is not None
         assert flight.task is not None
         flight.task.cancel()
@@ -632,7 +633,7 @@ def test_aget_cancelled_fetch_task_fails_waiters_and_frees_the_flight() -> None:
         waiters = results[1:]
         assert all(isinstance(r, TokenRequestError) for r in waiters), results
         assert_unlocked(cache)
-        assert cache._flight is None
+        assert cache._flights.get(KEY) is None
         token = await cache.aget(KEY, AsyncFetch(clock, name="next"))
         assert value_of(token) == "next-1"
 
@@ -786,7 +787,7 @@ def test_fetch_task_cancelled_before_it_starts_does_not_poison_the_cache() -> No
     async def shut_down_mid_fetch() -> None:
         initiator = asyncio.create_task(cache.aget(KEY, fetch))
         await asyncio.sleep(0)  # the initiator has run one step and created the fetch task
-        flight = cache._flight
+        flight = cache._flights.get(KEY)
         assert flight is not None
         assert flight.task is not None
         flight.task.cancel()  # as the loop's shutdown would, before the task first ran
@@ -796,7 +797,7 @@ def test_fetch_task_cancelled_before_it_starts_does_not_poison_the_cache() -> No
     asyncio.run(shut_down_mid_fetch())
     assert fetch.calls == 0
     assert_unlocked(cache)
-    assert cache._flight is None, "a dead flight remains: later callers wait on it forever"
+    assert KEY not in cache._flights, "a dead flight remains: later callers wait on it forever"
 
     async def later() -> Token:
         return await asyncio.wait_for(cache.aget(KEY, AsyncFetch(clock, name="later")), 1.0)

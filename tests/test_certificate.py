@@ -36,7 +36,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 
-import mtls_auth._certificate as _certificate
+import mtls_auth._tls as _tls
 from mtls_auth import (
     CertificateError,
     ClientCertificate,
@@ -696,7 +696,7 @@ def test_ssl_context_opens_no_file_for_writing(
     cert = ClientCertificate.from_pem(client_credential.chain_pem, client_credential.key_pem)
     spy = FileSpy()
     with monkeypatch.context() as patch:
-        patch.setattr(_certificate, "_PROC_FD_USABLE", None)  # run the probe under the spy
+        patch.setattr(_tls, "_PROC_FD_USABLE", None)  # run the probe under the spy
         spy.install(patch)
         context = cert.ssl_context(verify=pki.root_pem)
 

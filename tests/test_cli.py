@@ -30,7 +30,8 @@ from typing import Any, Callable, ClassVar
 import pytest
 
 import mtls_auth
-from mtls_auth import _credstore, cli
+from mtls_auth import cli
+from mtls_auth import credstore as _credstore
 from mtls_auth.testing import (
     PKI,
     Credential,
@@ -300,7 +301,7 @@ class RecordingTokenServer(TokenServer):
 
 @pytest.fixture
 def recorded_servers(monkeypatch: pytest.MonkeyPatch) -> list[TokenServer]:
-    from mtls_auth import _demo
+    from mtls_auth.cli import demo as _demo
 
     RecordingTokenServer.instances = []
     monkeypatch.setattr(_demo, "TokenServer", RecordingTokenServer)
@@ -891,8 +892,9 @@ def test_request_with_httpx(
 ) -> None:
     """The httpx branch, used when requests is not installed."""
     import mtls_auth.httpx as integration
+    from mtls_auth.cli import request as request_command
 
-    monkeypatch.setattr(cli, "_integration", lambda: integration)
+    monkeypatch.setattr(request_command, "integration", lambda: integration)
     if kind == "xsuaa":
         result = run_inprocess(
             *_xsuaa_request(env, env.server.resource_url + "/h", "-X", "PATCH", "-d", "abc", "-i")

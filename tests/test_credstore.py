@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mtls_auth import _credstore
+from mtls_auth import credstore as _credstore
 
 if not _credstore.available():  # pragma: no cover - Python 3.9
     pytest.skip(
@@ -39,7 +39,7 @@ if not _credstore.available():  # pragma: no cover - Python 3.9
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import MtlsAuthError, PayloadError
-from mtls_auth._credstore import PayloadCipher, open_response, seal_request
+from mtls_auth.credstore import PayloadCipher, open_response, seal_request
 from mtls_auth.testing import PKI, Credential, TokenServer
 from mtls_auth.testing._credstore_api import jwe_decrypt, jwe_encrypt
 

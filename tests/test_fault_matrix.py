@@ -36,7 +36,9 @@ import requests
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import TokenRequestError, TokenResponseError
-from mtls_auth._token import MAX_LIFETIME, MAX_RESPONSE_BYTES, RetryPolicy
+from mtls_auth._http import MAX_RESPONSE_BYTES
+from mtls_auth._retry import RetryPolicy
+from mtls_auth._token import MAX_LIFETIME
 from mtls_auth.testing import PKI, Credential, Fault, TokenServer
 
 CLIENT_ID = "sb-client!t1"
@@ -619,7 +621,7 @@ def test_fault_matrix(
         if row.error is None:
             assert outcome.error is None, repr(outcome.error)
             assert outcome.status == 200
-            token = auth._core.cache.current(auth._core.state.key)
+            token = auth._client.cache.current(auth._key())
             assert token is not None
             assert token.lifetime == row.lifetime
         else:
@@ -677,7 +679,7 @@ def test_lost_tls_alert_is_tls_closed_on_httpx_async() -> None:
     import anyio
     import httpcore
 
-    from mtls_auth._token import classify_failure
+    from mtls_auth._http import classify_failure
 
     def raised() -> BaseException:
         try:
@@ -698,7 +700,8 @@ def test_lost_tls_alert_is_tls_closed_on_httpx_async() -> None:
 
 def test_rejected_2xx_bodies_report_the_status_code_alike() -> None:
     """Every 200 whose body is not a usable token carries the same `status_code`."""
-    from mtls_auth._token import HttpResponse, parse_token_response
+    from mtls_auth._http import HttpResponse
+    from mtls_auth._token import parse_token_response
 
     bodies = [
         b'{"access_token": "t", "expires_in": ',
@@ -719,7 +722,7 @@ def test_rejected_2xx_bodies_report_the_status_code_alike() -> None:
 
 def test_retry_after_http_date_is_honoured() -> None:
     """Retry-After as an HTTP date reaches the client verbatim and is parsed."""
-    from mtls_auth._token import parse_retry_after
+    from mtls_auth._retry import parse_retry_after
 
     header = _http_date(10)
     assert Fault.status(503, retry_after=header).headers == (("Retry-After", header),)

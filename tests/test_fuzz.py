@@ -66,18 +66,12 @@ from hypothesis import assume, example, given, note
 from hypothesis import strategies as st
 
 from mtls_auth import ClientCertificate, MtlsAuthError, TokenError, TokenResponseError
-from mtls_auth._binding import Binding, BindingSource, parse_credentials, select_vcap_service
-from mtls_auth._token import (
-    MAX_LIFETIME,
-    HttpResponse,
-    RetryPolicy,
-    Token,
-    TokenSpec,
-    TransportFailure,
-    fetch_flow,
-    parse_retry_after,
-    parse_token_response,
-)
+from mtls_auth._binding import Binding, parse_credentials
+from mtls_auth._http import HttpResponse, TransportFailure
+from mtls_auth._request import TokenRequest
+from mtls_auth._retry import RetryPolicy, fetch_flow, parse_retry_after
+from mtls_auth._sources import BindingSource, select_vcap_service
+from mtls_auth._token import MAX_LIFETIME, Token, parse_token_response
 from mtls_auth.testing import PKI
 
 # -- material: real certificates and keys, made once per module -------------------------------
@@ -992,12 +986,12 @@ replies = st.one_of(
 def test_fuzz_fetch_flow(answers: list[Any], attempts: int, timeout: float) -> None:
     EXAMPLES["fetch_flow"] += 1
     policy = RetryPolicy(attempts=attempts, backoff=0.01, max_backoff=0.05, max_retry_after=0.5)
-    spec = TokenSpec.create("https://auth.example/oauth/token", "client")
+    request = TokenRequest.create().http_request("https://auth.example/oauth/token", "client")
     now = [0.0]
 
     def drive() -> Token:
         flow = fetch_flow(
-            spec,
+            request,
             timeout=timeout,
             retry=policy,
             clock=lambda: now[0],

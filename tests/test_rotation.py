@@ -40,8 +40,8 @@ import urllib3
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import CertificateError, ClientCertificate, TokenError
-from mtls_auth._binding import BindingSource
 from mtls_auth._rotation import CertificateWatch, Loaded
+from mtls_auth._sources import BindingSource
 from mtls_auth.testing import PKI, Credential, Fault, TokenServer
 from mtls_auth.testing._bindings import (
     rotate_kubernetes_binding,
@@ -721,11 +721,11 @@ def provider_session(
 
 
 def fake_timed_watch(auth: Any, provider: Provider, timer: FakeTimer) -> None:
-    """Give the auth's watch a clock the test moves (as AuthCore configures it)."""
-    core = auth._core
-    assert core.watch is not None
-    core.watch = CertificateWatch(
-        Loaded(core.certificate),
+    """Give the auth's watch a clock the test moves (as TokenClient configures it)."""
+    client = auth._client
+    assert client.watch is not None
+    client.watch = CertificateWatch(
+        Loaded(client.state.certificate),
         provider=provider,
         interval=FAST,
         provider_interval=60.0,

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 import mtls_auth.testing
-from mtls_auth import _credstore
+from mtls_auth import credstore as _credstore
 
 pytest_plugins = ["pytester"]
 

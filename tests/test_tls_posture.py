@@ -44,8 +44,8 @@ from mtls_auth import (
     MtlsAuthError,
     TokenRequestError,
 )
-from mtls_auth._certificate import build_ssl_context
-from mtls_auth._token import RetryPolicy
+from mtls_auth._retry import RetryPolicy
+from mtls_auth._tls import build_ssl_context
 from mtls_auth.testing import PKI, Credential, TokenServer, xsuaa_service_key
 from mtls_auth.testing._server import _load_cert_chain
 
@@ -106,14 +106,13 @@ def _auth(library: str, token_url: str, credential: Credential, verify: Any) -> 
 
 def _fetch_token(library: str, auth: Any) -> None:
     """One token fetch through the auth's own client (raises what it raises)."""
-    core = auth._core
     if library == "requests" or library == "httpx-sync":
-        core.token(auth._send)
+        auth.token_info()
     else:
 
         async def main() -> None:
             try:
-                await core.atoken(auth._asend)
+                await auth.atoken_info()
             finally:
                 await auth.aclose()
 
@@ -337,7 +336,7 @@ def test_contexts_stay_hardened_after_urllib3_and_httpcore_used_them(
             "TLSv1.2",
             "TLSv1.3",
         )
-        _assert_hardened(transport._transport._pool._ssl_context)
+        _assert_hardened(transport._transports.get()._pool._ssl_context)
 
 
 # -- TLS versions on the wire -----------------------------------------------------------------

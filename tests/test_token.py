@@ -24,22 +24,18 @@ from urllib.parse import parse_qs
 import pytest
 
 from mtls_auth import BindingError
+from mtls_auth._client import check_endpoint
 from mtls_auth._errors import TokenError, TokenRequestError, TokenResponseError
-from mtls_auth._token import (
-    DEFAULT_LIFETIME,
-    MAX_LIFETIME,
+from mtls_auth._http import (
     MAX_RESPONSE_BYTES,
     HttpRequest,
     HttpResponse,
-    RetryPolicy,
-    Token,
-    TokenSpec,
     TransportFailure,
     classify_failure,
-    fetch_flow,
-    parse_retry_after,
-    parse_token_response,
 )
+from mtls_auth._request import TokenRequest
+from mtls_auth._retry import RetryPolicy, fetch_flow, parse_retry_after
+from mtls_auth._token import DEFAULT_LIFETIME, MAX_LIFETIME, Token, parse_token_response
 
 URL = "https://auth.cert.example.com/oauth/token"
 CLIENT_ID = "sb-client!t1"
@@ -108,40 +104,38 @@ def all_messages(exc: BaseException) -> str:
     return "\n".join(texts)
 
 
-# -- TokenSpec: what is sent ------------------------------------------------------------
+# -- TokenRequest: what is sent ---------------------------------------------------------
 
 
-def form_of(spec: TokenSpec) -> dict[str, list[str]]:
-    request = spec.request()
-    return parse_qs(request.body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+def form_of(request: TokenRequest, client_id: str = CLIENT_ID) -> dict[str, list[str]]:
+    body = request.http_request(URL, client_id).body
+    return parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
 
 
 def test_form_minimal() -> None:
-    spec = TokenSpec.create(URL, CLIENT_ID)
-    request = spec.request()
-    assert request.method == "POST"
-    assert request.url == URL
-    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
-    assert request.headers["Accept"] == "application/json"
-    assert form_of(spec) == {"grant_type": ["client_credentials"], "client_id": [CLIENT_ID]}
+    request = TokenRequest.create()
+    sent = request.http_request(URL, CLIENT_ID)
+    assert sent.method == "POST"
+    assert sent.url == URL
+    assert sent.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert sent.headers["Accept"] == "application/json"
+    assert form_of(request) == {"grant_type": ["client_credentials"], "client_id": [CLIENT_ID]}
 
 
 def test_form_scope_namespace_and_params() -> None:
-    spec = TokenSpec.create(
-        URL, CLIENT_ID, namespace="ns1", scope="read write", params={"resource": "urn:x"}
-    )
-    assert form_of(spec) == {
+    request = TokenRequest.create(namespace="ns1", scope="read write", params={"audience": "x"})
+    assert form_of(request) == {
         "grant_type": ["client_credentials"],
         "client_id": [CLIENT_ID],
         "scope": ["read write"],
         "credstore_namespace": ["ns1"],
-        "resource": ["urn:x"],
+        "audience": ["x"],
     }
 
 
 def test_form_scope_iterable_is_space_joined() -> None:
-    spec = TokenSpec.create(URL, CLIENT_ID, scope=["a.read", "b.write"])
-    assert form_of(spec)["scope"] == ["a.read b.write"]
+    request = TokenRequest.create(scope=["a.read", "b.write"])
+    assert form_of(request)["scope"] == ["a.read b.write"]
 
 
 @pytest.mark.parametrize(
@@ -153,11 +147,11 @@ def test_form_scope_iterable_is_space_joined() -> None:
     ],
 )
 def test_form_url_encoding_round_trip(client_id: str, namespace: str, extra: str) -> None:
-    spec = TokenSpec.create(URL, client_id, namespace=namespace, params={"extra": extra})
-    body = spec.request().body
+    request = TokenRequest.create(namespace=namespace, params={"extra": extra})
+    body = request.http_request(URL, client_id).body
     body.decode("ascii")  # fully percent-encoded
     assert b" " not in body
-    form = form_of(spec)
+    form = form_of(request, client_id)
     assert form["client_id"] == [client_id]
     assert form["credstore_namespace"] == [namespace]
     assert form["extra"] == [extra]
@@ -167,23 +161,24 @@ def test_form_url_encoding_round_trip(client_id: str, namespace: str, extra: str
 
 
 def test_form_never_has_client_secret() -> None:
-    spec = TokenSpec.create(URL, CLIENT_ID, namespace="ns", scope="s", params={"a": "b"})
-    assert "client_secret" not in form_of(spec)
-    assert b"client_secret" not in spec.request().body
-    assert "client_id" not in repr(spec.request())
+    request = TokenRequest.create(namespace="ns", scope="s", params={"a": "b"})
+    assert "client_secret" not in form_of(request)
+    sent = request.http_request(URL, CLIENT_ID)
+    assert b"client_secret" not in sent.body
+    assert "client_id" not in repr(sent)
 
 
 @pytest.mark.parametrize("name", ["grant_type", "client_id", "client_secret"])
 def test_params_may_not_set_reserved_fields(name: str) -> None:
     with pytest.raises(BindingError, match=name):
-        TokenSpec.create(URL, CLIENT_ID, params={name: "x"})
+        TokenRequest.create(params={name: "x"})
     with pytest.raises(BindingError):
-        TokenSpec.create(URL, CLIENT_ID, params=[("ok", "1"), (name, "x")])
+        TokenRequest.create(params=[("ok", "1"), (name, "x")])
 
 
 def test_params_must_be_strings() -> None:
     with pytest.raises(BindingError):
-        TokenSpec.create(URL, CLIENT_ID, params={"n": 1})  # type: ignore[dict-item]
+        TokenRequest.create(params={"n": 1})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize(
@@ -199,39 +194,44 @@ def test_params_must_be_strings() -> None:
 )
 def test_token_url_must_be_https(url: str) -> None:
     with pytest.raises(BindingError):
-        TokenSpec.create(url, CLIENT_ID)
+        check_endpoint(url, CLIENT_ID)
 
 
 def test_empty_client_id_rejected() -> None:
     with pytest.raises(BindingError):
-        TokenSpec.create(URL, "")
+        check_endpoint(URL, "")
 
 
 def test_cache_key() -> None:
-    base = TokenSpec.create(URL, CLIENT_ID, namespace="ns1", scope="s1")
-    assert base.cache_key == TokenSpec.create(URL, CLIENT_ID, namespace="ns1", scope="s1").cache_key
-    key = base.cache_key
+    thumbprint = "x5t"
+    base = TokenRequest.create(namespace="ns1", scope="s1")
+    key = base.cache_key(URL, CLIENT_ID, thumbprint)
+    same = TokenRequest.create(namespace="ns1", scope="s1")
+    assert same == base
+    assert same.cache_key(URL, CLIENT_ID, thumbprint) == key
     assert URL in key
     assert CLIENT_ID in key
+    assert thumbprint in key
     assert "ns1" in key
     assert "s1" in key
     others = [
-        TokenSpec.create(URL, CLIENT_ID, namespace="ns2", scope="s1"),
-        TokenSpec.create(URL, CLIENT_ID, namespace=None, scope="s1"),
-        TokenSpec.create(URL, CLIENT_ID, namespace="ns1", scope="s2"),
-        TokenSpec.create(URL, "other-client", namespace="ns1", scope="s1"),
-        TokenSpec.create(URL + "2", CLIENT_ID, namespace="ns1", scope="s1"),
+        TokenRequest.create(namespace="ns2", scope="s1").cache_key(URL, CLIENT_ID, thumbprint),
+        TokenRequest.create(namespace=None, scope="s1").cache_key(URL, CLIENT_ID, thumbprint),
+        TokenRequest.create(namespace="ns1", scope="s2").cache_key(URL, CLIENT_ID, thumbprint),
+        base.cache_key(URL, "other-client", thumbprint),
+        base.cache_key(URL + "2", CLIENT_ID, thumbprint),
+        base.cache_key(URL, CLIENT_ID, "other-certificate"),
     ]
-    keys = {key} | {other.cache_key for other in others}
-    assert len(keys) == len(others) + 1
+    assert len({key, *others}) == len(others) + 1
     hash(key)
+    hash(base)
 
 
-def test_spec_repr_has_no_form_body() -> None:
-    spec = TokenSpec.create(URL, CLIENT_ID, namespace="ns1")
-    assert URL in repr(spec)
-    assert "grant_type" not in repr(spec)
-    assert "grant_type" not in repr(spec.request())
+def test_request_repr_has_no_form_body() -> None:
+    request = TokenRequest.create(namespace="ns1")
+    assert "ns1" in repr(request)
+    assert "grant_type" not in repr(request)
+    assert "grant_type" not in repr(request.http_request(URL, CLIENT_ID))
 
 
 # -- parse_token_response ------------------------------------------------------------
@@ -607,9 +607,9 @@ class Driver:
         self.budgets: list[tuple[float, float]] = []
 
     def flow(self) -> Generator[object, object, Token]:
-        spec = TokenSpec.create(URL, CREDSTORE_CLIENT_ID, namespace="ns/1 &x=y+z")
+        request = TokenRequest.create(namespace="ns/1 &x=y+z")
         return fetch_flow(
-            spec,
+            request.http_request(URL, CREDSTORE_CLIENT_ID),
             timeout=self.timeout,
             retry=self.retry,
             clock=self.clock,

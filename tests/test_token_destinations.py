@@ -47,8 +47,8 @@ import requests
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth import InsecureTransportError, MtlsAuthError, TokenRequestError
-from mtls_auth._auth import _Destinations
-from mtls_auth._token import RetryPolicy
+from mtls_auth._destinations import Destinations
+from mtls_auth._retry import RetryPolicy
 from mtls_auth.testing import PKI, Credential, TokenServer
 from mtls_auth.testing._server import _load_cert_chain
 
@@ -530,7 +530,7 @@ def test_same_origin_redirect_keeps_the_bearer(
     ],
 )
 def test_allowed_hosts_semantics(allowed: Any, host: str, ok: bool) -> None:
-    destinations = _Destinations(allowed, allow_http_loopback=False)
+    destinations = Destinations(allowed, allow_http_loopback=False)
     if ok:
         destinations.check("https", host)
     else:
@@ -564,7 +564,7 @@ def test_allowed_hosts_semantics(allowed: Any, host: str, ok: bool) -> None:
     ],
 )
 def test_scheme_policy(scheme: str, host: str, loopback_http: bool, ok: bool) -> None:
-    destinations = _Destinations(None, allow_http_loopback=loopback_http)
+    destinations = Destinations(None, allow_http_loopback=loopback_http)
     if ok:
         destinations.check(scheme, host)
     else:
@@ -1052,17 +1052,24 @@ def test_canary_catches_a_leaked_token(
             "send:", repr(b"POST /oauth/token HTTP/1.1\r\nAuthorization: Bearer " + token.encode())
         )
     elif channel == "repr":
-        transport = mhttpx.MtlsTransport(
+
+        class LeakyTransport(mhttpx.MtlsTransport):
+            leak = ""
+
+            def __repr__(self) -> str:
+                return f"<LeakyTransport {self.leak}>"  # a repr that leaks
+
+        transport = LeakyTransport(
             client_credential.chain_pem, client_credential.key_pem, verify=server.ca_pem
         )
-        transport.certificate = token  # type: ignore[assignment]  # a repr that leaks
+        transport.leak = token
     findings = secret_canary.findings()
     assert findings, channel
     assert all(token not in finding for finding in findings)  # named, never shown
     assert any("access token #1" in finding for finding in findings)
     secret_canary.clear()
     if channel == "repr":
-        transport.certificate = client_credential  # type: ignore[assignment]
+        transport.leak = ""
         transport.close()
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from ._errors import PayloadError
+from .._errors import PayloadError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -51,8 +51,7 @@ def _joserfc() -> Any:
         from joserfc import jwe
     except ImportError as exc:
         raise ImportError(
-            "Credential Store payload encryption needs joserfc: "
-            "pip install mtls-auth[credstore]"
+            "Credential Store payload encryption needs joserfc: pip install mtls-auth[credstore]"
         ) from exc
     version = tuple(int(p) for p in re.findall(r"\d+", getattr(joserfc, "__version__", "0"))[:3])
     if version < _JOSERFC_MIN:
@@ -193,6 +192,19 @@ class PayloadCipher:
             )
         return cls(public, private, **kwargs)
 
+    @classmethod
+    def from_binding(
+        cls, binding: Any, *, client_private_key: KeyInput | None = None, **kwargs: Any
+    ) -> PayloadCipher:
+        """A cipher from a Credential Store binding (mapping, JSON text, file or directory)."""
+        from .._redact import redact
+        from .._sources import BindingSource
+
+        parsed = BindingSource.from_input(redact(binding)).read()
+        return cls.from_encryption(
+            parsed.encryption, client_private_key=client_private_key, **kwargs
+        )
+
     @property
     def can_decrypt(self) -> bool:
         return self._private is not None
@@ -214,9 +226,7 @@ class PayloadCipher:
     def decrypt(self, payload: bytes | str) -> bytes:
         """The plaintext of a JWE compact payload from the service, freshness checked."""
         if self._private is None:
-            raise PayloadError(
-                "cannot decrypt: no client private key (pass client_private_key=)"
-            )
+            raise PayloadError("cannot decrypt: no client private key (pass client_private_key=)")
         jwe = _joserfc()
         from joserfc.errors import JoseError
 

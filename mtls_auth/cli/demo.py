@@ -11,26 +11,18 @@ Tokens are never printed; only facts about them.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import sys
 import time
 from typing import Any, Callable
 
-from .testing import PKI, FakeClock, TokenServer
-from .testing._bindings import credstore_service_key, xsuaa_service_key
+from .. import credstore as payloads
+from ..testing import PKI, FakeClock, TokenServer, credstore_service_key, xsuaa_service_key
 
 __all__ = ["run_demo"]
 
 XSUAA_CLIENT_ID = "sb-mtls-auth-demo!t1"
 CREDSTORE_CLIENT_ID = "6e2f1c3a-0b1d-4c1e-9f6a-demo.0.q19QcAT/qNjKC2YPrTdwpV+FwMLmZgiEI8="
 NAMESPACE = "demo/ns 1"
-
-
-def _claims(authorization: str) -> dict[str, Any]:
-    payload = authorization.split(" ", 1)[1].split(".")[1]
-    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return data if isinstance(data, dict) else {}
 
 
 def run_demo(*, calls: int = 20, out: Callable[[str], None] | None = None) -> int:
@@ -85,11 +77,11 @@ def _run_clients(
     tick: Callable[[str], None],
 ) -> int:
     try:
-        from . import requests as mrequests
+        from .. import requests as mrequests
     except ImportError:
         mrequests = None  # type: ignore[assignment]
     try:
-        from . import httpx as mhttpx
+        from .. import httpx as mhttpx
     except ImportError:
         mhttpx = None  # type: ignore[assignment]
     if mrequests is None and mhttpx is None:
@@ -135,10 +127,10 @@ def _run_clients(
                 f"{server.token_request_count - before} refresh, {codes.count(200)}/{calls} "
                 "calls succeeded meanwhile"
             )
-        token = auth._core.cache.current(auth._core.state.key)
-        if token is not None:
-            bound = _claims(token.authorization()).get("cnf", {}).get("x5t#S256")
-            match = "matches" if bound == auth.certificate.thumbprint else "does NOT match"
+        info = auth.token_info()  # the cached token: facts only, never the token
+        if info.cnf_thumbprint is not None:
+            bound = info.cnf_thumbprint
+            match = "matches" if info.bound_to_certificate else "does NOT match"
             tick(
                 f"certificate-bound token (RFC 8705): cnf x5t#S256 {bound} {match} the client "
                 "certificate; the resource checked it on every call"
@@ -155,9 +147,7 @@ def _run_clients(
         tick(f"httpx sync: {codes.count(200)}/{calls} calls succeeded")
 
         async def many() -> list[int]:
-            async with httpx.AsyncClient(
-                auth=hauth, transport=hauth.async_transport()
-            ) as client:
+            async with httpx.AsyncClient(auth=hauth, transport=hauth.async_transport()) as client:
                 responses = await asyncio.gather(
                     *(client.get(server.resource_url) for _ in range(calls * 2))
                 )
@@ -178,10 +168,10 @@ def _credstore(
     server: TokenServer, credential: Any, clock: FakeClock, tick: Callable[[str], None]
 ) -> None:
     try:
-        from . import requests as mrequests
+        from .. import requests as mrequests
+        from ..credstore.requests import credstore_session
     except ImportError:
         return
-    from . import _credstore as payloads
 
     binding = credstore_service_key(
         server,
@@ -192,12 +182,12 @@ def _credstore(
     options: dict[str, Any] = {"verify": server.ca_pem, "clock": clock}
     value = None
     if payloads.available():
-        with mrequests.credstore_session(binding, namespace=NAMESPACE, **options) as session:
+        with credstore_session(binding, namespace=NAMESPACE, **options) as session:
             session.post("password", json={"name": "db", "value": "demo-password"})
             value = session.get("password", params={"name": "db"}).json().get("value")
     else:
         with mrequests.MtlsOAuth2.from_binding(binding, namespace=NAMESPACE, **options) as auth:
-            auth._core.token(auth._send)
+            auth.token_info()
     sent = [r for r in server.token_requests if r.path == "/api/v1/token"][-1]
     tick(
         f"Credential Store: namespace {sent.namespace!r} sent as credstore_namespace "

@@ -1,0 +1,382 @@
+"""The client: who asks for tokens, shared by every token it asks for.
+
+A `TokenClient` holds what stays the same whatever token is asked for: the
+client certificate and its rotation, the client id and token URL, the trust
+for the token endpoint (`verify`), where bearer tokens may go, the retry policy
+and timeout, the token cache (one entry per `TokenRequest`), and the `Sender`
+that talks to the token endpoint with one HTTP library (its connection pools).
+
+Each `MtlsOAuth2` is a client plus a `TokenRequest`. Objects derived from one
+(another tenant, a user) share its client: no new SSLContext, pools or watch.
+
+`token` and `atoken` are the two drivers of the same decisions: check for a
+rotated certificate, take the token from the cache or fetch it once for all
+waiters (`fetch_flow` run with the sender), and, when the token endpoint
+rejected the certificate, look for a rotated one and try once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Collection, Generator
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Union
+from urllib.parse import urlsplit
+
+from ._binding import Binding
+from ._cache import RefreshPolicy, TokenCache
+from ._certificate import (
+    CertificateProvider,
+    CertificateSource,
+    ClientCertificate,
+    coerce_certificate,
+)
+from ._destinations import Destinations
+from ._errors import (
+    BindingError,
+    CertificateError,
+    TokenError,
+    TokenRequestError,
+    TokenResponseError,
+    clean_text,
+)
+from ._http import HttpRequest, HttpResponse, TransportFailure
+from ._redact import Secret, redact
+from ._request import TokenRequest
+from ._retry import Reply, RetryPolicy, Step, fetch_flow
+from ._rotation import CertificateWatch, Loaded
+from ._sources import BindingFeed
+from ._tls import Verify, build_ssl_context
+from ._token import Token
+
+__all__ = ["ClientState", "Sender", "Settings", "TokenClient"]
+
+logger = logging.getLogger("mtls_auth")
+
+#: Seconds during which a token that was refused right after a 401 refresh is not
+#: refreshed again for another 401.
+REFUSED_COOLDOWN = 30.0
+
+Outcome = Union[HttpResponse, TransportFailure]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A client's options, validated once (the public constructors document them)."""
+
+    verify: Verify
+    timeout: float
+    leeway: float
+    allowed_hosts: Collection[str] | None
+    allow_http_loopback: bool
+    retry: RetryPolicy
+    clock: Callable[[], float]
+    check_interval: float
+
+    def __post_init__(self) -> None:
+        if self.verify is False or self.verify is None:
+            # Refused here, not at the first token fetch.
+            build_ssl_context(self.verify)
+        if not self.timeout or self.timeout <= 0 or not math.isfinite(self.timeout):
+            raise ValueError("timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """Everything that changes together when the certificate rotates, in one reading."""
+
+    certificate: ClientCertificate
+    token_url: str
+    client_id: str
+    generation: int
+    binding: Binding | None = None
+
+
+class Sender(Protocol):
+    """Sends the token endpoint's requests with one HTTP library, over mTLS.
+
+    Made by the integration for each client (`sender_factory`); it presents the
+    state's certificate, keeps its own pools, and never follows redirects.
+    """
+
+    def send(self, request: HttpRequest, state: ClientState) -> Outcome: ...
+
+    async def asend(self, request: HttpRequest, state: ClientState) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+def check_endpoint(token_url: object, client_id: object) -> None:
+    """Fail fast on a token URL or client id that cannot work."""
+    if not isinstance(token_url, str) or not token_url:
+        raise BindingError("token_url must be a non-empty https:// URL")
+    parts = urlsplit(token_url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise BindingError(
+            f"token_url must be an https:// URL with a host (got {clean_text(token_url)!r}): "
+            "the client certificate and the token only travel over TLS"
+        )
+    if not isinstance(client_id, str) or not client_id:
+        raise BindingError("client_id must be a non-empty string")
+
+
+class TokenClient:
+    """Certificate, endpoints, policies, token cache and sender of one client.
+
+    `certificate` is PEM text (with `key`), a `ClientCertificate`, a provider
+    callable returning a fresh `ClientCertificate` (a vault, say), or the
+    `BindingFeed` of a binding, which is re-read when it changes (a token URL
+    found by discovery stays pinned across re-reads).
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        certificate: CertificateSource | CertificateProvider,
+        key: str | bytes | Secret | None,
+        password: str | bytes | Secret | None,
+        settings: Settings,
+        sender_factory: Callable[[TokenClient], Sender],
+    ) -> None:
+        key, password = redact(key), redact(password)  # no key in captured frames
+        check_endpoint(token_url, client_id)
+        self.settings = settings
+        self._token_url_override: str | None = None
+        self.watch: CertificateWatch | None = None
+        binding: Binding | None = None
+        if isinstance(certificate, BindingFeed):
+            if key is not None or password is not None:
+                raise CertificateError("key= and password= do not apply to a binding")
+            cert, binding = certificate.certificate, certificate.binding
+            self._token_url_override = certificate.token_url_override
+            if certificate.source.rereadable:
+                self.watch = CertificateWatch(
+                    Loaded(cert, binding),
+                    source=certificate.source,
+                    interval=settings.check_interval,
+                    provider_interval=max(settings.check_interval, 60.0),
+                )
+        elif callable(certificate) and not isinstance(certificate, ClientCertificate):
+            if key is not None or password is not None:
+                raise CertificateError("key= and password= do not apply to a provider callable")
+            cert = _provided(certificate)
+            self.watch = CertificateWatch(
+                Loaded(cert),
+                provider=certificate,
+                interval=settings.check_interval,
+                provider_interval=max(settings.check_interval, 60.0),
+            )
+        else:
+            cert = coerce_certificate(certificate, key, password)
+        self._state = ClientState(cert, token_url, client_id, 0, binding)
+        self.destinations = Destinations(settings.allowed_hosts, settings.allow_http_loopback)
+        self.cache = TokenCache(
+            clock=settings.clock,
+            policy=RefreshPolicy(leeway=settings.leeway),
+            wait_timeout=settings.timeout * 2 + 5,
+        )
+        self._rotate_lock = threading.Lock()
+        self.sender = sender_factory(self)
+
+    # -- the current state ---------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        """Certificate, endpoints and generation, as one consistent reading."""
+        return self._state
+
+    def key(self, request: TokenRequest, state: ClientState) -> tuple[Any, ...]:
+        """The cache key of `request`'s token for this client in `state`."""
+        return request.cache_key(state.token_url, state.client_id, state.certificate.thumbprint)
+
+    def rotate(self, *, force: bool = False) -> bool:
+        """Check for a rotated certificate; True if the state changed."""
+        watch = self.watch
+        if watch is None:
+            return False
+        with self._rotate_lock:
+            loaded = watch.poll(force=force)
+            if loaded is None:
+                return False
+            state = self._state
+            token_url, client_id, binding = state.token_url, state.client_id, state.binding
+            if loaded.binding is not None:
+                binding = loaded.binding
+                token_url = self._token_url_override or binding.token_url
+                client_id = binding.client_id
+            self._state = ClientState(
+                loaded.certificate, token_url, client_id, state.generation + 1, binding
+            )
+            # Tokens were bound to the old certificate: drop them. Requests already
+            # in flight finish with what they have.
+            self.cache.clear()
+            return True
+
+    # -- tokens ----------------------------------------------------------------------
+
+    def fresh(self, key: tuple[Any, ...]) -> Token | None:
+        """The cached token for `key` if it is fresh and no rotation check is due."""
+        watch = self.watch
+        if watch is not None and watch.due():
+            return None
+        return self.cache.current(key)
+
+    def token(self, request: TokenRequest) -> Token:
+        """A usable token for `request` (threads)."""
+        self.rotate()
+        state = self._state
+        try:
+            return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
+        except TokenError as exc:
+            if not self._worth_a_rotation_check(exc):
+                raise
+            self.rotate(force=True)
+            if self._state is state:
+                raise
+        state = self._state
+        logger.info("retrying the token request with the rotated certificate")
+        return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
+
+    async def atoken(self, request: TokenRequest) -> Token:
+        """A usable token for `request` (coroutines); files are read off the loop."""
+        watch = self.watch
+        if watch is not None and watch.due():
+            await _off_loop(self.rotate)
+        state = self._state
+        try:
+            return await self.cache.aget(
+                self.key(request, state), lambda: self._afetch(request, state)
+            )
+        except TokenError as exc:
+            if not self._worth_a_rotation_check(exc):
+                raise
+            await _off_loop(lambda: self.rotate(force=True))
+            if self._state is state:
+                raise
+        state = self._state
+        logger.info("retrying the token request with the rotated certificate")
+        return await self.cache.aget(self.key(request, state), lambda: self._afetch(request, state))
+
+    def _worth_a_rotation_check(self, exc: TokenError) -> bool:
+        """Did the token endpoint refuse our certificate (the sign of a rotation)?"""
+        if self.watch is None:
+            return False
+        if isinstance(exc, TokenRequestError):
+            return exc.kind in ("tls_client", "tls_closed")
+        if isinstance(exc, TokenResponseError):
+            return exc.status_code == 401 or exc.error == "invalid_client"
+        return False
+
+    def invalidate(self, key: tuple[Any, ...], token: Token) -> bool:
+        """Forget `token` after a 401, if it is still the current one.
+
+        Returns whether resending with a new token is worth it: not when this
+        very token was fetched to answer a 401 and was refused too, within the
+        last `REFUSED_COOLDOWN` seconds (a resource that refuses every token,
+        say for a missing role, would otherwise cost a token request per request).
+        """
+        refused = token.refused_at
+        if refused is not None and time.monotonic() < refused + REFUSED_COOLDOWN:
+            return False
+        self.cache.invalidate(key, token)
+        if self.watch is not None:
+            # A 401 is also what a rotated-and-revoked certificate looks like:
+            # look for a new binding now (rate-limited), not at the next check.
+            self.rotate(force=True)
+        return True
+
+    async def ainvalidate(self, key: tuple[Any, ...], token: Token) -> bool:
+        """`invalidate` for coroutines: a watched binding is checked off the loop."""
+        if self.watch is None:
+            return self.invalidate(key, token)
+        worth: bool = await _off_loop(lambda: self.invalidate(key, token))
+        return worth
+
+    @staticmethod
+    def refused_after_retry(token: Token) -> None:
+        """The fresh token fetched for a 401 got a 401 too: stop refreshing for it."""
+        token.refused_at = time.monotonic()
+
+    # -- one fetch, sync and async ----------------------------------------------------
+
+    def _flow(self, request: TokenRequest, state: ClientState) -> Generator[Step, Reply, Token]:
+        logger.debug("requesting a token from %s for %r", state.token_url, state.client_id)
+        return fetch_flow(
+            request.http_request(state.token_url, state.client_id),
+            timeout=self.settings.timeout,
+            retry=self.settings.retry,
+            clock=self.cache.clock,
+            subject=state.certificate.subject,
+        )
+
+    def _fetch(self, request: TokenRequest, state: ClientState) -> Token:
+        flow = self._flow(request, state)
+        step = next(flow)
+        while True:
+            if isinstance(step, HttpRequest):
+                reply: Reply = self.sender.send(step, state)
+            else:
+                time.sleep(step)
+                reply = None
+            try:
+                step = flow.send(reply)
+            except StopIteration as done:
+                token: Token = done.value
+                return token
+
+    async def _afetch(self, request: TokenRequest, state: ClientState) -> Token:
+        flow = self._flow(request, state)
+        step = next(flow)
+        while True:
+            if isinstance(step, HttpRequest):
+                reply: Reply = await self.sender.asend(step, state)
+            else:
+                await asyncio.sleep(step)
+                reply = None
+            try:
+                step = flow.send(reply)
+            except StopIteration as done:
+                token: Token = done.value
+                return token
+
+    # -- presentation ------------------------------------------------------------------
+
+    def describe_token(self, key: tuple[Any, ...]) -> str:
+        """The state of `key`'s token for repr: never the token itself."""
+        state = self.cache.freshness(key)
+        if state is None:
+            return "none"
+        freshness, left = state
+        if left <= 0:
+            return f"expired {-left:.0f}s ago"
+        return f"{freshness.value}, expires in {left:.0f}s"
+
+    def close(self) -> None:
+        """Close the sender's connections (they are opened again when needed)."""
+        self.sender.close()
+
+    def __repr__(self) -> str:
+        state = self._state
+        return f"<TokenClient client_id={state.client_id!r} token_url={state.token_url!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a TokenClient holds a private key and cannot be pickled")
+
+
+def _provided(provider: CertificateProvider) -> ClientCertificate:
+    first = provider()
+    if not isinstance(first, ClientCertificate):
+        raise CertificateError(
+            f"the certificate provider must return a ClientCertificate, not {type(first).__name__}"
+        )
+    return first
+
+
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    """Run a blocking call (stat, file reads, a vault) in a worker thread."""
+    return await asyncio.get_running_loop().run_in_executor(None, call)

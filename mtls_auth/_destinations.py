@@ -1,0 +1,109 @@
+"""Where a bearer token may go: https only, optionally only to `allowed_hosts`.
+
+`Destinations.check_url` runs on every signed request, so its decisions are
+cached per origin: the hot path is one regex match and one dict lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+from ._errors import InsecureTransportError
+
+__all__ = ["Destinations", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    # Only "localhost" and IP literals: a "*.localhost" name may well be
+    # resolved through DNS (glibc with "hosts: files dns").
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_ORIGIN = re.compile(r"[^/?#]*(?://[^/?#]*)?")
+
+
+class Destinations:
+    """Decides, per scheme and host, whether a request may carry the token."""
+
+    __slots__ = ("_allow_http_loopback", "_allowed", "_origins", "_seen")
+
+    def __init__(self, allowed_hosts: Collection[str] | None, allow_http_loopback: bool) -> None:
+        if isinstance(allowed_hosts, str):
+            allowed_hosts = [allowed_hosts]
+        self._allowed = (
+            None
+            if allowed_hosts is None
+            else frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+        )
+        self._allow_http_loopback = allow_http_loopback
+        # Decisions are cached: the hot path is one dict lookup.
+        self._seen: dict[tuple[str, str], bool] = {}
+        # ...keyed by the URL's "scheme://netloc" text for check_url, so a URL
+        # is parsed once per distinct origin, not once per request.
+        self._origins: dict[str, tuple[str, str]] = {}
+
+    def check(self, scheme: str, host: str) -> None:
+        ok = self._seen.get((scheme, host))
+        if ok is None:
+            ok = self._decide(scheme, host)
+            if len(self._seen) < 1024:
+                self._seen[(scheme, host)] = ok
+        if not ok:
+            self._refuse(scheme, host)
+
+    def check_url(self, url: str) -> None:
+        # The origin text: everything before the path, query or fragment (so
+        # userinfo tricks such as "https://a.com@b.com/" stay in the key).
+        match = _ORIGIN.match(url)
+        origin = match.group() if match else url
+        known = self._origins.get(origin)
+        if known is None:
+            parts = urlsplit(url)
+            known = (parts.scheme.lower(), (parts.hostname or "").lower())
+            if len(self._origins) < 1024:
+                self._origins[origin] = known
+        self.check(*known)
+
+    @staticmethod
+    def _normal(host: str) -> str:
+        return host.lower().rstrip(".")
+
+    def _decide(self, scheme: str, host: str) -> bool:
+        host = self._normal(host)  # "API.example.com." is api.example.com
+        if scheme == "http":
+            if not (self._allow_http_loopback and is_loopback(host)):
+                return False
+        elif scheme != "https":
+            return False
+        if self._allowed is None:
+            return True
+        return any(
+            host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:]))
+            for allowed in self._allowed
+        )
+
+    def _refuse(self, scheme: str, host: str) -> None:
+        if scheme == "http":
+            hint = (
+                " (allow_http_loopback=True permits http only to localhost/127.0.0.1/::1)"
+                if is_loopback(host)
+                else ""
+            )
+            raise InsecureTransportError(
+                f"refusing to send the bearer token over plain http to {host!r}: use https{hint}"
+            )
+        if scheme != "https":
+            raise InsecureTransportError(
+                f"refusing to send the bearer token over {scheme or 'no scheme'}:// to {host!r}"
+            )
+        raise InsecureTransportError(
+            f"refusing to send the bearer token to {host!r}: it is not in allowed_hosts"
+        )

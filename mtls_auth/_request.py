@@ -1,0 +1,110 @@
+"""What to ask the token endpoint for: `TokenRequest`, small, immutable and hashable.
+
+The client (`_client.TokenClient`) knows *who* asks: the certificate, the client
+id, the token URL. A `TokenRequest` says *what* is asked: the grant (see
+`_grants`), scope, Credential Store namespace and extra form parameters. Given
+the client's token URL and client id it builds the sans-I/O `HttpRequest` and
+the key its token is cached under; two requests that compare equal share one
+token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlencode
+
+from ._errors import BindingError
+from ._grants import CLIENT_CREDENTIALS, Grant
+from ._http import HttpRequest
+
+__all__ = ["TokenRequest"]
+
+#: Form fields mtls-auth always sets itself: `params=` may not override them.
+_RESERVED = frozenset({"grant_type", "client_id", "client_secret"})
+_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One kind of token: the grant, the scope, the namespace and extra parameters.
+
+    Build one with `create`, which validates; derive variants with `replace`.
+    """
+
+    grant: Grant = CLIENT_CREDENTIALS
+    scope: str | None = None
+    namespace: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    #: What tells this request's token apart, built once (the hot path compares it).
+    key: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.grant.bucket, self.grant.key, self.scope, self.namespace, self.params)
+        object.__setattr__(self, "key", key)
+
+    @classmethod
+    def create(
+        cls,
+        grant: Grant = CLIENT_CREDENTIALS,
+        *,
+        scope: str | Iterable[str] | None = None,
+        namespace: str | None = None,
+        params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> TokenRequest:
+        """A validated request: `scope` may be a list, `params` a mapping or pairs."""
+        if scope is not None and not isinstance(scope, str):
+            scope = " ".join(scope)
+        items = tuple((params.items() if isinstance(params, Mapping) else params) or ())
+        reserved = _RESERVED | grant.reserved
+        for name, value in items:
+            if name in reserved:
+                raise BindingError(
+                    f"params may not set {name!r}: grant_type, client_id and the grant's own "
+                    "fields are set by mtls-auth, and mTLS authentication never sends a "
+                    "client_secret"
+                )
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise BindingError("params must map strings to strings")
+        return cls(grant, scope or None, namespace or None, items)
+
+    def replace(self, **changes: Any) -> TokenRequest:
+        """This request with some fields changed (the key is rebuilt)."""
+        return replace(self, **changes)
+
+    # -- what goes on the wire -------------------------------------------------------
+
+    def form(self, client_id: str) -> list[tuple[str, str]]:
+        fields = [("grant_type", self.grant.grant_type), ("client_id", client_id)]
+        fields.extend(self.grant.fields())
+        if self.scope is not None:
+            fields.append(("scope", self.scope))
+        if self.namespace is not None:
+            fields.append(("credstore_namespace", self.namespace))
+        fields.extend(self.params)
+        return fields
+
+    def http_request(self, token_url: str, client_id: str) -> HttpRequest:
+        """The POST to send to `token_url` on behalf of `client_id`."""
+        # urlencode with quote_via=quote_plus: "/", "+", "=", "&", "%" and spaces
+        # in a namespace or client id arrive intact (the Credential Store client
+        # id is base64 and ends in "=").
+        body = urlencode(self.form(client_id)).encode("ascii")
+        return HttpRequest("POST", token_url, dict(_HEADERS), body)
+
+    def cache_key(self, token_url: str, client_id: str, thumbprint: str) -> tuple[Any, ...]:
+        """The cache key of this request's token for one client and certificate.
+
+        Its first item is the grant's bucket (see `TokenCache`).
+        """
+        return (*self.key, token_url, client_id, thumbprint)
+
+    def describe(self) -> str:
+        """The non-secret parts, for repr."""
+        parts = [] if self.grant.bucket == "client" else [f"grant={self.grant.describe()}"]
+        if self.namespace:
+            parts.append(f"namespace={self.namespace!r}")
+        if self.scope:
+            parts.append(f"scope={self.scope!r}")
+        return " ".join(parts)
