@@ -20,7 +20,6 @@ import cProfile
 import io
 import os
 import pstats
-import re
 import secrets
 import ssl
 import statistics
@@ -30,7 +29,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -186,9 +184,9 @@ def diagnose_hotpath(n: int) -> None:
 
     def seeded(auth: Any) -> Any:
         # A fresh token straight into the cache, as after a first fetch.
-        core = auth._core
+        cache = auth._client.cache
         token = Token("x" * 43, token_type="bearer", issued_at=time.monotonic(), lifetime=3600)
-        core.cache._store(core.cache._new_flight(core.state.key, None), core.state.key, token)
+        cache._store(cache._new_flight(auth._key(), None), token)
         return auth
 
     ours_requests = seeded(RequestsAuth(token_url, "client", cert))
@@ -238,12 +236,13 @@ def diagnose_hotpath(n: int) -> None:
         loop = asyncio.new_event_loop()
         return lambda: loop.run_until_complete(once())
 
-    core = ours_requests._core
+    client = ours_requests._client
+    token = ours_requests._fresh()
     parts = [
-        ("  destinations.check_url(url)", lambda: core.destinations.check_url(url)),
-        ("  fresh_token()", core.fresh_token),
-        ("  token.authorization()", core.fresh_token().authorization),
-        ("  AuthState.key (tuple built per call)", lambda: core._state.key),
+        ("  destinations.check_url(url)", lambda: client.destinations.check_url(url)),
+        ("  auth._fresh()", ours_requests._fresh),
+        ("  token.authorization()", token.authorization),
+        ("  cache.current(key)", lambda: client.cache.current(ours_requests._key())),
         ("  fresh() + register_hook()", lambda: fresh().register_hook("response", _noop)),
         ("  fresh() alone", fresh),
     ]
@@ -320,74 +319,21 @@ def diagnose_parts(rounds: int, block: int = 20, repeats: int = 6) -> None:
                 return response
 
         # The variants below mirror MtlsOAuth2.__call__ (mtls_auth/requests.py)
-        # with one step left out or changed each.
+        # with one step left out each.
 
         class NoDestinationCheck(RequestsAuth):
             def __call__(self, request: Any) -> Any:
-                token = self._core.fresh_token() or self._core.token(self._send)
+                token = self._token()
                 request.headers["Authorization"] = token.authorization()
                 request._mtls_auth_token = token
-                request._mtls_auth_owner = self._core
+                request._mtls_auth_owner = self
                 request.hooks["response"].append(self._handle_401)
                 return request
 
         class NoHook(RequestsAuth):
             def __call__(self, request: Any) -> Any:
-                self._core.destinations.check_url(request.url or "")
-                token = self._core.fresh_token() or self._core.token(self._send)
-                request.headers["Authorization"] = token.authorization()
-                return request
-
-        origin_pattern = re.compile(r"[^/?#]*(?://[^/?#]*)?")
-
-        class RegexOrigin(RequestsAuth):
-            """The destination check keyed by the origin found with one regex match."""
-
-            def _setup(self, core: Any) -> None:
-                super()._setup(core)
-                self._origins: dict[str, tuple[str, str]] = {}
-
-            def __call__(self, request: Any) -> Any:
-                core = self._core
-                url = request.url or ""
-                origin = origin_pattern.match(url).group()  # type: ignore[union-attr]
-                known = self._origins.get(origin)
-                if known is None:
-                    parts = urlsplit(url)
-                    known = (parts.scheme.lower(), (parts.hostname or "").lower())
-                    self._origins[origin] = known
-                core.destinations.check(*known)
-                token = core.fresh_token() or core.token(self._send)
-                request.headers["Authorization"] = token.authorization()
-                request._mtls_auth_token = token
-                request._mtls_auth_owner = core
-                request.hooks["response"].append(self._handle_401)
-                return request
-
-        class KeyOnce(RequestsAuth):
-            """The cache entry checked against a key built once, not per request."""
-
-            def _setup(self, core: Any) -> None:
-                super()._setup(core)
-                self._key = core.state.key
-
-            def __call__(self, request: Any) -> Any:
-                core = self._core
-                core.destinations.check_url(request.url or "")
-                entry = core.cache._entry
-                if (
-                    core.watch is None
-                    and entry is not None
-                    and entry[0] == self._key
-                    and core.cache.clock() < entry[2]
-                ):
-                    token = entry[1]
-                else:
-                    token = core.fresh_token() or core.token(self._send)
-                request.headers["Authorization"] = token.authorization()
-                request._mtls_auth_token = token
-                request._mtls_auth_owner = core
-                request.hooks["response"].append(self._handle_401)
+                self._live().destinations.check_url(request.url or "")
+                request.headers["Authorization"] = self._token().authorization()
                 return request
 
         def requests_variants() -> dict[str, Any]:
@@ -407,12 +353,6 @@ def diagnose_parts(rounds: int, block: int = 20, repeats: int = 6) -> None:
                     NoDestinationCheck(*args, verify=ep.ca_pem)
                 ),
                 "mtls-auth without response hook": session(NoHook(*args, verify=ep.ca_pem)),
-                "mtls-auth with the cache key built once": session(
-                    KeyOnce(*args, verify=ep.ca_pem)
-                ),
-                "mtls-auth with the origin found by one regex": session(
-                    RegexOrigin(*args, verify=ep.ca_pem)
-                ),
             }
 
         _interleave("requests", requests_variants, setup.urls(), rounds, block, repeats)
@@ -424,9 +364,7 @@ def diagnose_parts(rounds: int, block: int = 20, repeats: int = 6) -> None:
 
         class NoCheckX(HttpxAuth):
             def sync_auth_flow(self, request: Any) -> Any:
-                core = self._core
-                token = core.fresh_token() or core.token(self._send)
-                request.headers["Authorization"] = token.authorization()
+                request.headers["Authorization"] = self._token().authorization()
                 yield request
 
         def httpx_variants() -> dict[str, Any]:

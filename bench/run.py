@@ -6,7 +6,7 @@
 
 Starts the loopback mTLS token server (`mtls_auth.testing.TokenServer`, which
 requires client certificates) in a separate process, runs the measurements
-a-g of issue 7 against mtls-auth and the installed peers (authlib, httpx-auth,
+a-g (bench/README.md) against mtls-auth and the installed peers (authlib, httpx-auth,
 requests-oauthlib), prints a markdown table and writes ``results.md``,
 ``results.json`` and ``chart.png`` to ``--out`` (default ``bench/results``).
 A full run of every measurement also copies the table and the chart to

@@ -85,8 +85,9 @@ def write_key(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic, like a mounted secret update
 
 
-def sync_worker(kind: str, auth: Any, server: TokenServer, stop: threading.Event,
-                tally: Tally) -> None:
+def sync_worker(
+    kind: str, auth: Any, server: TokenServer, stop: threading.Event, tally: Tally
+) -> None:
     if kind == "requests":
         session = requests.Session()
         session.auth = auth
@@ -107,12 +108,16 @@ def sync_worker(kind: str, auth: Any, server: TokenServer, stop: threading.Event
         closer()
 
 
-async def async_workers(auth: Any, server: TokenServer, stop: threading.Event, tally: Tally,
-                        count: int) -> None:
+async def async_workers(
+    auth: Any, server: TokenServer, stop: threading.Event, tally: Tally, count: int
+) -> None:
     async with httpx.AsyncClient(
-        auth=auth, transport=auth.async_transport(), timeout=10,
+        auth=auth,
+        transport=auth.async_transport(),
+        timeout=10,
         limits=httpx.Limits(max_connections=count),
     ) as client:
+
         async def one() -> None:
             while not stop.is_set():
                 try:
@@ -137,8 +142,10 @@ def main() -> int:
     current = pki.issue_client("soak-client")
     tally = Tally()
     stop = threading.Event()
-    with TokenServer(pki, token_lifetime=3, cert_bound=True) as server, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        TokenServer(pki, token_lifetime=3, cert_bound=True) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         server.register_client(CLIENT_ID, current)
         key_file = Path(tmp) / "service-key.json"
         write_key(key_file, xsuaa_service_key(server, current, CLIENT_ID))
@@ -154,11 +161,13 @@ def main() -> int:
             threading.Thread(target=sync_worker, args=("httpx", hauth, server, stop, tally))
             for _ in range(args.threads)
         ]
-        threads.append(threading.Thread(
-            target=lambda: asyncio.run(
-                async_workers(aauth, server, stop, tally, args.coroutines)
+        threads.append(
+            threading.Thread(
+                target=lambda: asyncio.run(
+                    async_workers(aauth, server, stop, tally, args.coroutines)
+                )
             )
-        ))
+        )
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -191,8 +200,11 @@ def main() -> int:
         for auth in (rauth, hauth, aauth):
             auth.close()
 
-        total = tally.ok + sum(tally.statuses.values()) + sum(tally.errors.values()) + sum(
-            tally.undocumented.values()
+        total = (
+            tally.ok
+            + sum(tally.statuses.values())
+            + sum(tally.errors.values())
+            + sum(tally.undocumented.values())
         )
         report = {
             "seconds": round(elapsed, 1),
@@ -207,7 +219,8 @@ def main() -> int:
             "faults_injected": fault_index,
             "last_token_thumbprint_is_current": (
                 server.token_requests[-1].thumbprint == current.thumbprint
-                if server.token_requests else None
+                if server.token_requests
+                else None
             ),
         }
     print(json.dumps(report, indent=2))

@@ -169,15 +169,31 @@ class AuthFacade:
             keyed = self._keyed = (state, client.key(self._request, state))
         return keyed[1]
 
+    def _fresh(self) -> Token | None:
+        """The cached token if it is fresh: the hot path, one lookup and no lock."""
+        client = self._client
+        keyed = self._keyed
+        if client is None or keyed is None or keyed[0] is not client.state:
+            return None
+        return client.fresh(keyed[1])
+
     def _token(self) -> Token:
         """A usable token (threads): the cached one on the hot path."""
-        client = self._live()
-        return client.fresh(self._key()) or client.token(self._request)
+        token = self._fresh()
+        if token is None:
+            client = self._live()
+            self._key()  # the key of the state the fetch starts in
+            token = client.token(self._request)
+        return token
 
     async def _atoken(self) -> Token:
         """A usable token (coroutines): the cached one on the hot path."""
-        client = self._live()
-        return client.fresh(self._key()) or await client.atoken(self._request)
+        token = self._fresh()
+        if token is None:
+            client = self._live()
+            self._key()
+            token = await client.atoken(self._request)
+        return token
 
     def token_info(self) -> TokenInfo:
         """Facts about this auth's token, fetching one if needed: never the token itself.

@@ -233,13 +233,9 @@ class TokenClient:
         try:
             return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
         except TokenError as exc:
-            if not self._worth_a_rotation_check(exc):
-                raise
-            self.rotate(force=True)
-            if self._state is state:
-                raise
-        state = self._state
-        logger.info("retrying the token request with the rotated certificate")
+            if self._worth_a_rotation_check(exc):
+                self.rotate(force=True)
+            state = self._rotated_since(state, exc)
         return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
 
     async def atoken(self, request: TokenRequest) -> Token:
@@ -253,14 +249,17 @@ class TokenClient:
                 self.key(request, state), lambda: self._afetch(request, state)
             )
         except TokenError as exc:
-            if not self._worth_a_rotation_check(exc):
-                raise
-            await _off_loop(lambda: self.rotate(force=True))
-            if self._state is state:
-                raise
-        state = self._state
-        logger.info("retrying the token request with the rotated certificate")
+            if self._worth_a_rotation_check(exc):
+                await _off_loop(lambda: self.rotate(force=True))
+            state = self._rotated_since(state, exc)
         return await self.cache.aget(self.key(request, state), lambda: self._afetch(request, state))
+
+    def _rotated_since(self, state: ClientState, exc: TokenError) -> ClientState:
+        """After a failed fetch: the new state to try once more with, or raise `exc`."""
+        if self._state is state:
+            raise exc
+        logger.info("retrying the token request with the rotated certificate")
+        return self._state
 
     def _worth_a_rotation_check(self, exc: TokenError) -> bool:
         """Did the token endpoint refuse our certificate (the sign of a rotation)?"""

@@ -312,20 +312,21 @@ class _Body:
 _TOO_LARGE = TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
 
 
+def _failure(exc: Exception) -> TransportFailure:
+    return _classify(exc, timed_out=isinstance(exc, httpx.TimeoutException))
+
+
 def _exchange(
     client: httpx.Client, request: HttpRequest, trace: Callable[[str, dict[str, Any]], None]
 ) -> HttpResponse | TransportFailure:
     try:
         with client.stream(**_stream(request), extensions={"trace": trace}) as response:
             body = _Body()
-            for chunk in response.iter_bytes():
-                if not body.add(chunk):
-                    return _TOO_LARGE
-            return body.response(response)
-    except httpx.TimeoutException as exc:
-        return _classify(exc, timed_out=True)
+            if all(body.add(chunk) for chunk in response.iter_bytes()):
+                return body.response(response)
+            return _TOO_LARGE
     except (httpx.TransportError, OSError) as exc:
-        return _classify(exc)
+        return _failure(exc)
 
 
 async def _aexchange(
@@ -338,10 +339,8 @@ async def _aexchange(
                 if not body.add(chunk):
                     return _TOO_LARGE
             return body.response(response)
-    except httpx.TimeoutException as exc:
-        return _classify(exc, timed_out=True)
     except (httpx.TransportError, OSError) as exc:
-        return _classify(exc)
+        return _failure(exc)
 
 
 async def _off_loop(call: Callable[[], _T]) -> _T:

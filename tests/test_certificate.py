@@ -796,6 +796,8 @@ def _is_encrypted_pem(text: str) -> bool:
         label == "ENCRYPTED PRIVATE KEY" or head.startswith("Proc-Type: 4,ENCRYPTED")
         for label, head in blocks
     )
+
+
 _OPEN_CALL = re.compile(
     r'\b(?:openat\((?:AT_FDCWD|-?\d+), |open\()"((?:[^"\\]|\\.)*)", ([A-Z0-9_|]+)'
 )

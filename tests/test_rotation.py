@@ -1,4 +1,4 @@
-"""Certificates that rotate without a restart (DESIGN.md section 3, issue 4 items 7 and 8).
+"""Certificates that rotate without a restart: files, Kubernetes directories, providers.
 
 A binding on disk (a service-key file, or a Kubernetes directory written the way
 the kubelet writes secrets: timestamped directories behind a ``..data`` symlink)

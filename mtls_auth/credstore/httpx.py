@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -21,6 +21,8 @@ from .._sources import BindingInput
 from .._tls import Verify
 from ..httpx import MtlsOAuth2
 from ._payload import JOSE_CONTENT_TYPE, PayloadCipher, open_response, seal_request
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AsyncCredstoreTransport",
@@ -74,7 +76,21 @@ def _opened(
     )
 
 
-class CredstoreTransport(httpx.BaseTransport):
+class _Sealing(Generic[_T]):
+    """What both Credential Store transports hold: the wrapped transport and the cipher."""
+
+    def __init__(
+        self, transport: _T, cipher: PayloadCipher, *, require_encrypted: bool = True
+    ) -> None:
+        self.transport = transport
+        self.cipher = cipher
+        self.require_encrypted = require_encrypted
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.transport!r} cipher={self.cipher!r}>"
+
+
+class CredstoreTransport(_Sealing[httpx.BaseTransport], httpx.BaseTransport):
     """Wraps a transport to encrypt and decrypt Credential Store payloads.
 
     Request bodies leave as JWE (`application/jose`) encrypted with the
@@ -82,17 +98,6 @@ class CredstoreTransport(httpx.BaseTransport):
     caller sees `application/json`. A successful response that is not
     encrypted raises `PayloadError` unless `require_encrypted=False`.
     """
-
-    def __init__(
-        self,
-        transport: httpx.BaseTransport,
-        cipher: PayloadCipher,
-        *,
-        require_encrypted: bool = True,
-    ) -> None:
-        self.transport = transport
-        self.cipher = cipher
-        self.require_encrypted = require_encrypted
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         sealed = _sealed(request, self.cipher, request.read())
@@ -106,23 +111,9 @@ class CredstoreTransport(httpx.BaseTransport):
     def close(self) -> None:
         self.transport.close()
 
-    def __repr__(self) -> str:
-        return f"<CredstoreTransport {self.transport!r} cipher={self.cipher!r}>"
 
-
-class AsyncCredstoreTransport(httpx.AsyncBaseTransport):
-    """The async twin of `CredstoreTransport`."""
-
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport,
-        cipher: PayloadCipher,
-        *,
-        require_encrypted: bool = True,
-    ) -> None:
-        self.transport = transport
-        self.cipher = cipher
-        self.require_encrypted = require_encrypted
+class AsyncCredstoreTransport(_Sealing[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+    """The async `CredstoreTransport`, with the same arguments."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         sealed = _sealed(request, self.cipher, await request.aread())
@@ -135,9 +126,6 @@ class AsyncCredstoreTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
-
-    def __repr__(self) -> str:
-        return f"<AsyncCredstoreTransport {self.transport!r} cipher={self.cipher!r}>"
 
 
 def _credstore_parts(
