@@ -235,9 +235,7 @@ class CredstoreApi:
         if self.encrypt:
             if media != JOSE:
                 raise JweError(f"Content-Type must be {JOSE}")
-            body = jwe_decrypt(
-                body, self._server_key, now=self.clock(), max_age=self.max_age
-            )
+            body = jwe_decrypt(body, self._server_key, now=self.clock(), max_age=self.max_age)
         try:
             return json.loads(body)
         except ValueError as exc:
