@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import os
 import pstats
@@ -325,9 +326,7 @@ def diagnose_parts(rounds: int, block: int = 20, repeats: int = 6) -> None:
             def __call__(self, request: Any) -> Any:
                 token = self._token()
                 request.headers["Authorization"] = token.authorization()
-                request._mtls_auth_token = token
-                request._mtls_auth_owner = self
-                request.hooks["response"].append(self._handle_401)
+                request.hooks["response"].append(functools.partial(self._handle_401, token))
                 return request
 
         class NoHook(RequestsAuth):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._certificate import INSECURE_SKIP_VERIFY, ClientCertificate
 from ._errors import (
+    ArgumentError,
     BindingError,
     CertificateError,
     InsecureTransportError,
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "INSECURE_SKIP_VERIFY",
+    "ArgumentError",
     "BindingError",
     "CertificateError",
     "CheckReport",

@@ -20,7 +20,7 @@ from ._certificate import CertificateProvider, CertificateSource, ClientCertific
 from ._client import ClientState, Sender, Settings, TokenClient
 from ._discovery import discover_token_endpoint
 from ._errors import BindingError
-from ._redact import Secret, redact
+from ._redact import Secret, guarded, redact
 from ._request import TokenRequest
 from ._retry import RetryPolicy
 from ._sources import BindingFeed, BindingInput, kubernetes_binding_path, select_vcap_service
@@ -43,6 +43,7 @@ class AuthFacade:
     _request: TokenRequest
     _keyed: tuple[ClientState, tuple[Any, ...]] | None = None
 
+    @guarded
     def __init__(
         self,
         token_url: str,
@@ -66,7 +67,7 @@ class AuthFacade:
         key, password = redact(key), redact(password)  # no key in captured frames
         settings = Settings(
             verify=verify,
-            timeout=float(timeout),
+            timeout=timeout,
             leeway=leeway,
             allowed_hosts=allowed_hosts,
             allow_http_loopback=allow_http_loopback,
@@ -102,6 +103,7 @@ class AuthFacade:
     # -- constructors from bindings ----------------------------------------------------
 
     @classmethod
+    @guarded
     def from_binding(
         cls: type[_Auth],
         binding: BindingInput,
@@ -133,12 +135,16 @@ class AuthFacade:
         if discover:
             base = parsed.url or token_url.rsplit("/oauth/token", 1)[0]
             token_url = discover_token_endpoint(
-                base, feed.certificate.ssl_context(verify), timeout=kwargs.get("timeout", 10.0)
+                base,
+                feed.certificate.ssl_context(verify),
+                domains=parsed.domains,
+                timeout=kwargs.get("timeout", 10.0),
             )
             feed.token_url_override = token_url
         return cls(token_url, parsed.client_id, feed, namespace=namespace, verify=verify, **kwargs)
 
     @classmethod
+    @guarded
     def from_vcap_services(
         cls: type[_Auth], label: str = "xsuaa", name: str | None = None, **kwargs: Any
     ) -> _Auth:
@@ -146,6 +152,7 @@ class AuthFacade:
         return cls.from_binding(redact(select_vcap_service(label, name)), **kwargs)
 
     @classmethod
+    @guarded
     def from_kubernetes(
         cls: type[_Auth], name: str | None = None, label: str | None = None, **kwargs: Any
     ) -> _Auth:

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import BindingError
+from ._redact import Secret, safe_repr
+from ._urls import https_url
 
 __all__ = ["Binding", "credstore_api_url", "loads_json", "parse_credentials", "unwrap"]
 
@@ -36,24 +38,51 @@ _X509_TYPES = {"x509", "x509_generated", "x509_provided"}
 _SECRET_TYPES = {"binding-secret", "instance-secret"}
 
 
+@safe_repr
 @dataclass(frozen=True)
 class Binding:
     """The parts of a binding that mTLS token retrieval needs.
 
-    `kind` is ``"xsuaa"``, ``"credstore"`` or ``"generic"``. `certificate` and
-    `key` are PEM text; `encryption` holds the Credential Store payload keys.
-    None of the secret fields shows in the repr.
+    `kind` is ``"xsuaa"``, ``"credstore"`` or ``"generic"``. `certificate` is
+    PEM text. The private key and the Credential Store payload keys are kept
+    sealed in `Secret` holders (an object walked by an error reporter shows
+    ``<redacted>``); `key` and `encryption` read them.
     """
 
     kind: str
     client_id: str
     token_url: str
     certificate: str = field(repr=False)
-    key: str = field(repr=False)
+    sealed_key: Secret = field(repr=False, compare=False)
     url: str | None = None
     expires_at: datetime.datetime | None = None
-    encryption: Mapping[str, str] = field(default_factory=dict, repr=False)
+    sealed_encryption: Secret = field(default_factory=lambda: Secret({}), repr=False, compare=False)
     source: str = "mapping"
+    #: XSUAA's ``uaadomain``: the identity zone's domain, for discovery checks.
+    domain: str | None = None
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The binding's own domains: ``uaadomain`` and the hosts of its URLs."""
+        hosts = [self.domain or ""]
+        for url in (self.url, self.token_url):
+            try:
+                hosts.append(urlsplit(url or "").hostname or "")
+            except ValueError:
+                continue
+        return tuple(h for h in hosts if h)
+
+    @property
+    def key(self) -> str:
+        """The private key, PEM text."""
+        key: str = self.sealed_key.value
+        return key
+
+    @property
+    def encryption(self) -> Mapping[str, str]:
+        """The Credential Store ``encryption`` block (payload keys), or empty."""
+        block: Mapping[str, str] = self.sealed_encryption.value
+        return block
 
     @property
     def needs_namespace(self) -> bool:
@@ -91,10 +120,16 @@ def unwrap(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return data
 
 
+def _token_url(url: str, where: str, field: str) -> str:
+    """`url` if it is a usable https token URL, else a BindingError naming `field`."""
+    https_url(url, f"the {field!r} of the binding in {where}", BindingError)
+    return url
+
+
 def _cert_token_url(credentials: Mapping[str, Any], where: str) -> str:
     certurl = _text(credentials, "certurl")
     if certurl:
-        return certurl.rstrip("/") + "/oauth/token"
+        return _token_url(certurl.rstrip("/") + "/oauth/token", where, "certurl")
     url = _text(credentials, "url")
     if not url:
         raise BindingError(
@@ -112,7 +147,8 @@ def _cert_token_url(credentials: Mapping[str, Any], where: str) -> str:
     if ".authentication.cert." not in f".{host}" and ".authentication." in f".{host}":
         host = host.replace("authentication.", "authentication.cert.", 1)
     netloc = host if port is None else f"{host}:{port}"
-    return urlunsplit(("https", netloc, parts.path.rstrip("/") + "/oauth/token", "", ""))
+    token_url = urlunsplit(("https", netloc, parts.path.rstrip("/") + "/oauth/token", "", ""))
+    return _token_url(token_url, where, "url")
 
 
 def _parse_xsuaa(credentials: Mapping[str, Any], where: str) -> Binding:
@@ -146,9 +182,10 @@ def _parse_xsuaa(credentials: Mapping[str, Any], where: str) -> Binding:
         client_id=_text(credentials, "clientid") or "",
         token_url=_cert_token_url(credentials, where),
         certificate=_text(credentials, "certificate") or "",
-        key=_text(credentials, "key") or "",
+        sealed_key=Secret(_text(credentials, "key") or ""),
         url=_text(credentials, "url"),
         source=where,
+        domain=_text(credentials, "uaadomain"),
     )
 
 
@@ -204,12 +241,12 @@ def _parse_credstore(credentials: Mapping[str, Any], where: str) -> Binding:
     return Binding(
         kind="credstore",
         client_id=_text(credentials, "username") or "",
-        token_url=_text(credentials, "oauth_token_url") or "",
+        token_url=_token_url(_text(credentials, "oauth_token_url") or "", where, "oauth_token_url"),
         certificate=_text(credentials, "certificate") or "",
-        key=_text(credentials, "key") or "",
+        sealed_key=Secret(_text(credentials, "key") or ""),
         url=_text(credentials, "url"),
         expires_at=expires_at,
-        encryption=keys,
+        sealed_encryption=Secret(keys),
         source=where,
     )
 
@@ -219,12 +256,13 @@ def _parse_generic(credentials: Mapping[str, Any], where: str) -> Binding:
     token_url = _text(credentials, "token_url") or _text(credentials, "tokenurl")
     if not token_url:
         raise BindingError(f"binding in {where} lacks 'token_url'")
+    _token_url(token_url, where, "token_url")
     return Binding(
         kind="generic",
         client_id=_text(credentials, "client_id") or "",
         token_url=token_url,
         certificate=_text(credentials, "certificate") or "",
-        key=_text(credentials, "key") or "",
+        sealed_key=Secret(_text(credentials, "key") or ""),
         url=_text(credentials, "url"),
         source=where,
     )

@@ -47,7 +47,9 @@ from collections.abc import Awaitable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Callable
 
+from . import _after_fork as after_fork
 from ._errors import TokenError, TokenRequestError
+from ._redact import safe_repr
 from ._token import Token
 
 __all__ = ["Freshness", "RefreshPolicy", "TokenCache"]
@@ -61,6 +63,7 @@ class Freshness(enum.Enum):
     EXPIRED = "expired"
 
 
+@safe_repr
 @dataclass(frozen=True)
 class RefreshPolicy:
     """When a token counts as stale.
@@ -249,6 +252,13 @@ class TokenCache:
         self._mru: Hashable = None
         #: Bumped by `clear`: fetches started before it do not store their token.
         self._epoch = 0
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
+        # In a forked child: the threads that held the lock or ran the fetches
+        # are not here. Tokens still valid are kept.
+        self._lock = threading.Lock()
+        self._flights = {}
 
     def __len__(self) -> int:
         return len(self._entries)

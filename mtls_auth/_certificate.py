@@ -18,7 +18,7 @@ import ssl
 from typing import TYPE_CHECKING, Callable, Union
 
 from ._errors import CertificateError
-from ._redact import Secret
+from ._redact import Secret, guarded, safe_repr
 from ._tls import INSECURE_SKIP_VERIFY, Verify, build_ssl_context, load_client_chain
 
 if TYPE_CHECKING:
@@ -186,6 +186,7 @@ def _describe_key(key: PrivateKeyTypes) -> str:
     return type(key).__name__
 
 
+@safe_repr
 class ClientCertificate:
     """A validated client certificate chain and its private key, held in memory.
 
@@ -217,6 +218,7 @@ class ClientCertificate:
         raise TypeError("use ClientCertificate.from_pem(certificate, key, password=...)")
 
     @classmethod
+    @guarded
     def from_pem(
         cls,
         certificate: str | bytes,

@@ -19,7 +19,7 @@ from typing import Any
 from ._binding import Binding
 from ._certificate import _as_pem_bytes, _describe_key
 from ._errors import MtlsAuthError
-from ._redact import Secret
+from ._redact import Secret, guarded, safe_repr
 from ._sources import BindingInput, BindingSource
 from ._token import TokenInfo
 
@@ -29,6 +29,7 @@ __all__ = ["CheckReport", "Finding", "check_binding"]
 _EXIT_CODES = {"ok": 0, "warning": 1, "error": 2}
 
 
+@safe_repr
 @dataclass(frozen=True)
 class Finding:
     """One problem found: `level` is ``"error"`` or ``"warning"``."""
@@ -37,6 +38,7 @@ class Finding:
     message: str
 
 
+@safe_repr
 @dataclass
 class CheckReport:
     """Facts about a binding and the problems found; never a secret."""
@@ -121,6 +123,7 @@ class CheckReport:
         }
 
 
+@guarded
 def check_binding(
     binding: BindingInput,
     *,

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Union
-from urllib.parse import urlsplit
 
+from . import _after_fork as after_fork
 from ._binding import Binding
 from ._cache import RefreshPolicy, TokenCache
 from ._certificate import (
@@ -37,21 +36,23 @@ from ._certificate import (
 )
 from ._destinations import Destinations
 from ._errors import (
+    ArgumentError,
     BindingError,
     CertificateError,
     TokenError,
     TokenRequestError,
     TokenResponseError,
-    clean_text,
+    check_seconds,
 )
 from ._http import HttpRequest, HttpResponse, TransportFailure
-from ._redact import Secret, redact
+from ._redact import Secret, aguarded, guarded, redact, safe_repr
 from ._request import TokenRequest
 from ._retry import Reply, RetryPolicy, Step, fetch_flow
 from ._rotation import CertificateWatch, Loaded
 from ._sources import BindingFeed
 from ._tls import Verify, build_ssl_context
 from ._token import Token
+from ._urls import https_url
 
 __all__ = ["ClientState", "Sender", "Settings", "TokenClient"]
 
@@ -64,6 +65,7 @@ REFUSED_COOLDOWN = 30.0
 Outcome = Union[HttpResponse, TransportFailure]
 
 
+@safe_repr
 @dataclass(frozen=True)
 class Settings:
     """A client's options, validated once (the public constructors document them)."""
@@ -81,10 +83,18 @@ class Settings:
         if self.verify is False or self.verify is None:
             # Refused here, not at the first token fetch.
             build_ssl_context(self.verify)
-        if not self.timeout or self.timeout <= 0 or not math.isfinite(self.timeout):
-            raise ValueError("timeout must be a positive number of seconds")
+        check_seconds(self.timeout, "timeout")
+        check_seconds(self.leeway, "leeway", zero=True)
+        check_seconds(self.check_interval, "check_interval", zero=True)  # 0: every request
+        if not isinstance(self.allow_http_loopback, bool):
+            raise ArgumentError("allow_http_loopback must be True or False")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ArgumentError("retry must be a mtls_auth.RetryPolicy")
+        if not callable(self.clock):
+            raise ArgumentError("clock must be a callable returning seconds")
 
 
+@safe_repr
 @dataclass(frozen=True)
 class ClientState:
     """Everything that changes together when the certificate rotates, in one reading."""
@@ -112,18 +122,13 @@ class Sender(Protocol):
 
 def check_endpoint(token_url: object, client_id: object) -> None:
     """Fail fast on a token URL or client id that cannot work."""
-    if not isinstance(token_url, str) or not token_url:
-        raise BindingError("token_url must be a non-empty https:// URL")
-    parts = urlsplit(token_url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise BindingError(
-            f"token_url must be an https:// URL with a host (got {clean_text(token_url)!r}): "
-            "the client certificate and the token only travel over TLS"
-        )
-    if not isinstance(client_id, str) or not client_id:
-        raise BindingError("client_id must be a non-empty string")
+    # BindingError (an ArgumentError): what these raised before ArgumentError existed.
+    https_url(token_url, "token_url", BindingError)
+    if not isinstance(client_id, str) or not client_id or not client_id.isprintable():
+        raise BindingError("client_id must be a non-empty string of printable characters")
 
 
+@safe_repr
 class TokenClient:
     """Certificate, endpoints, policies, token cache and sender of one client.
 
@@ -182,6 +187,10 @@ class TokenClient:
         )
         self._rotate_lock = threading.Lock()
         self.sender = sender_factory(self)
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
+        self._rotate_lock = threading.Lock()
 
     # -- the current state ---------------------------------------------------------
 
@@ -226,6 +235,7 @@ class TokenClient:
             return None
         return self.cache.current(key)
 
+    @guarded
     def token(self, request: TokenRequest) -> Token:
         """A usable token for `request` (threads)."""
         self.rotate()
@@ -238,6 +248,7 @@ class TokenClient:
             state = self._rotated_since(state, exc)
         return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
 
+    @aguarded
     async def atoken(self, request: TokenRequest) -> Token:
         """A usable token for `request` (coroutines); files are read off the loop."""
         watch = self.watch

@@ -1,31 +1,22 @@
 """Where a bearer token may go: https only, optionally only to `allowed_hosts`.
 
 `Destinations.check_url` runs on every signed request, so its decisions are
-cached per origin: the hot path is one regex match and one dict lookup.
+cached per origin: the hot path is one regex match and one dict lookup. Hosts
+are compared in one normal form on both sides (`_urls.normal_host`: lower case,
+no trailing dot, IDNA A-labels), so ``bücher.example`` and
+``xn--bcher-kva.example`` are the same host.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
-from ._errors import InsecureTransportError
+from ._errors import ArgumentError, InsecureTransportError, clean_text
+from ._urls import is_loopback, normal_host
 
-__all__ = ["Destinations", "is_loopback"]
-
-
-def is_loopback(host: str) -> bool:
-    # Only "localhost" and IP literals: a "*.localhost" name may well be
-    # resolved through DNS (glibc with "hosts: files dns").
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
+__all__ = ["Destinations"]
 
 _ORIGIN = re.compile(r"[^/?#]*(?://[^/?#]*)?")
 
@@ -38,10 +29,10 @@ class Destinations:
     def __init__(self, allowed_hosts: Collection[str] | None, allow_http_loopback: bool) -> None:
         if isinstance(allowed_hosts, str):
             allowed_hosts = [allowed_hosts]
+        if allowed_hosts is not None and not all(isinstance(h, str) for h in allowed_hosts):
+            raise ArgumentError("allowed_hosts must be host names (strings)")
         self._allowed = (
-            None
-            if allowed_hosts is None
-            else frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+            None if allowed_hosts is None else frozenset(_normal_pattern(h) for h in allowed_hosts)
         )
         self._allow_http_loopback = allow_http_loopback
         # Decisions are cached: the hot path is one dict lookup.
@@ -66,18 +57,17 @@ class Destinations:
         origin = match.group() if match else url
         known = self._origins.get(origin)
         if known is None:
-            parts = urlsplit(url)
-            known = (parts.scheme.lower(), (parts.hostname or "").lower())
+            try:
+                parts = urlsplit(url)
+                known = (parts.scheme.lower(), parts.hostname or "")
+            except ValueError:
+                known = ("malformed", "")
             if len(self._origins) < 1024:
                 self._origins[origin] = known
         self.check(*known)
 
-    @staticmethod
-    def _normal(host: str) -> str:
-        return host.lower().rstrip(".")
-
     def _decide(self, scheme: str, host: str) -> bool:
-        host = self._normal(host)  # "API.example.com." is api.example.com
+        host = normal_host(host)  # "API.example.com." is api.example.com
         if scheme == "http":
             if not (self._allow_http_loopback and is_loopback(host)):
                 return False
@@ -91,6 +81,9 @@ class Destinations:
         )
 
     def _refuse(self, scheme: str, host: str) -> None:
+        if scheme == "malformed":
+            raise InsecureTransportError("refusing to send the bearer token to a malformed URL")
+        host = clean_text(host, 120) or ""
         if scheme == "http":
             hint = (
                 " (allow_http_loopback=True permits http only to localhost/127.0.0.1/::1)"
@@ -107,3 +100,10 @@ class Destinations:
         raise InsecureTransportError(
             f"refusing to send the bearer token to {host!r}: it is not in allowed_hosts"
         )
+
+
+def _normal_pattern(pattern: str) -> str:
+    """An `allowed_hosts` entry in normal form, keeping a leading ``*.`` wildcard."""
+    if pattern.startswith("*."):
+        return "*." + normal_host(pattern[2:])
+    return normal_host(pattern)

@@ -6,7 +6,9 @@ Every error the library raises on purpose is an `MtlsAuthError`, so one
     MtlsAuthError
     ├── CertificateError          bad PEM, key/certificate mismatch, password, expiry,
     │                             a CA bundle or key OpenSSL refuses
-    ├── BindingError (ValueError) a service key, VCAP_SERVICES entry or binding
+    ├── ArgumentError (ValueError) an argument that cannot work: a malformed URL, a
+    │   │                         timeout that is not a positive finite number, ...
+    │   └── BindingError          a service key, VCAP_SERVICES entry or binding
     │                             directory that cannot be used for mTLS
     ├── InsecureTransportError    a bearer token would leave over plain http, to a
     │                             host outside `allowed_hosts`, or TLS verification
@@ -25,9 +27,11 @@ involved, and never contain a token, a private key or a response body.
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = [
+    "ArgumentError",
     "BindingError",
     "CertificateError",
     "InsecureTransportError",
@@ -36,6 +40,7 @@ __all__ = [
     "TokenError",
     "TokenRequestError",
     "TokenResponseError",
+    "check_seconds",
     "clean_text",
 ]
 
@@ -64,7 +69,16 @@ class CertificateError(MtlsAuthError):
     """A client certificate, private key or CA bundle cannot be used."""
 
 
-class BindingError(MtlsAuthError, ValueError):
+class ArgumentError(MtlsAuthError, ValueError):
+    """An argument that cannot work, refused before anything is sent.
+
+    A malformed or non-https URL, a timeout or interval that is not a positive
+    finite number, a value of the wrong type. Also a `ValueError`, so code that
+    validates its own input with ``except ValueError`` keeps working.
+    """
+
+
+class BindingError(ArgumentError):
     """A binding (service key, VCAP_SERVICES entry, binding directory) is unusable."""
 
 
@@ -142,3 +156,14 @@ def _rebuild_response_error(
 
 def _rebuild_request_error(message: str, kind: str | None) -> TokenRequestError:
     return TokenRequestError(message, kind=kind)
+
+
+def check_seconds(value: object, what: str, *, zero: bool = False) -> float:
+    """A number of seconds that can work: finite, positive (or zero where `zero`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        limit = ">= 0" if zero else "> 0"
+        raise ArgumentError(f"{what} must be a finite number of seconds {limit}, not {number!r}")
+    return number

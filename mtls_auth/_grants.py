@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ._redact import safe_repr
+
 __all__ = ["CLIENT_CREDENTIALS", "ClientCredentials", "Grant"]
 
 
@@ -42,6 +44,7 @@ class Grant:
         return self.grant_type
 
 
+@safe_repr
 @dataclass(frozen=True)
 class ClientCredentials(Grant):
     """The technical token of the client itself (RFC 6749 section 4.4)."""

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import socket
 import ssl
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from ._redact import safe_repr
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -26,6 +29,7 @@ __all__ = [
 MAX_RESPONSE_BYTES = 1 << 20
 
 
+@safe_repr
 @dataclass(frozen=True)
 class HttpRequest:
     """A request for a driver to send. `body` is a form body: never log it."""
@@ -38,6 +42,7 @@ class HttpRequest:
     timeout: float = 10.0
 
 
+@safe_repr
 @dataclass(frozen=True)
 class HttpResponse:
     """What a driver got back. `headers` keys are lower-case."""
@@ -47,6 +52,7 @@ class HttpResponse:
     body: bytes = field(repr=False)
 
 
+@safe_repr
 @dataclass(frozen=True)
 class TransportFailure:
     """A request that produced no response.
@@ -80,6 +86,10 @@ _TLS_CONFIG_REASONS = frozenset(
         "HTTP_REQUEST",
     }
 )
+
+
+#: The HTTP libraries' names for a body their content decoder refused.
+_DECODING_ERRORS = frozenset({"DecodingError", "ContentDecodingError", "DecodeError"})
 
 
 def classify_failure(exc: BaseException, *, timed_out: bool = False) -> TransportFailure:
@@ -143,6 +153,9 @@ def _classify_one(current: BaseException, original: BaseException) -> TransportF
         return TransportFailure(
             "connect", f"TLS error {reason or current.__class__.__name__}", original
         )
+    if isinstance(current, zlib.error) or type(current).__name__ in _DECODING_ERRORS:
+        # A compressed body that does not decompress: another try will not help.
+        return TransportFailure("other", "the response body could not be decoded", original)
     if isinstance(current, (socket.timeout, TimeoutError)):
         return TransportFailure("timeout", "no answer in time", original)
     if type(current).__name__ == "BrokenResourceError" and not (

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from ._errors import BindingError
 from ._grants import CLIENT_CREDENTIALS, Grant
 from ._http import HttpRequest
+from ._redact import safe_repr
 
 __all__ = ["TokenRequest"]
 
@@ -26,6 +27,7 @@ _RESERVED = frozenset({"grant_type", "client_id", "client_secret"})
 _HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 
 
+@safe_repr
 @dataclass(frozen=True)
 class TokenRequest:
     """One kind of token: the grant, the scope, the namespace and extra parameters.

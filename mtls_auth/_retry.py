@@ -18,8 +18,9 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import Callable, Union
 
-from ._errors import TokenRequestError, TokenResponseError
+from ._errors import ArgumentError, TokenRequestError, TokenResponseError, check_seconds
 from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
+from ._redact import safe_repr
 from ._token import Token, parse_token_response
 
 __all__ = ["Reply", "RetryPolicy", "Step", "fetch_flow", "parse_retry_after"]
@@ -29,6 +30,7 @@ logger = logging.getLogger("mtls_auth")
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 
+@safe_repr
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard to try the token endpoint before giving up.
@@ -44,6 +46,14 @@ class RetryPolicy:
     backoff: float = 0.25
     max_backoff: float = 4.0
     max_retry_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise ArgumentError("RetryPolicy attempts must be a whole number >= 1")
+        if not 1 <= self.attempts <= 100:
+            raise ArgumentError(f"RetryPolicy attempts must be 1 to 100, not {self.attempts}")
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            check_seconds(getattr(self, name), f"RetryPolicy {name}", zero=True)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -32,10 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Generic, Protocol, TypeVar
 
+from . import _after_fork as after_fork
 from ._binding import Binding
 from ._certificate import CertificateSource, ClientCertificate, coerce_certificate
 from ._errors import CertificateError, MtlsAuthError
-from ._redact import Secret
+from ._redact import Secret, safe_repr
 from ._sources import BindingSource
 
 __all__ = [
@@ -55,6 +56,7 @@ logger = logging.getLogger("mtls_auth")
 _WARN_AT = (datetime.timedelta(hours=24), datetime.timedelta(hours=1))
 
 
+@safe_repr
 @dataclass(frozen=True)
 class Loaded:
     """One reading of the source: the certificate and, for bindings, the binding."""
@@ -67,6 +69,7 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+@safe_repr
 class CertificateWatch:
     """Decides when to look for a new certificate, and loads it."""
 
@@ -96,6 +99,10 @@ class CertificateWatch:
         self._last_forced = -1e9
         self._warned: set[tuple[str, datetime.timedelta]] = set()
         self._last_failure: str | None = None
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def due(self) -> bool:
         """The hot-path test: one clock reading and a comparison."""
@@ -232,12 +239,14 @@ class CertificateFeed(Protocol):
     def state(self) -> CertificateState: ...
 
 
+@safe_repr
 @dataclass(frozen=True)
 class _Fixed:
     certificate: ClientCertificate
     generation: int = 0
 
 
+@safe_repr
 class FixedCertificate:
     """A feed whose certificate never changes (generation 0 for ever)."""
 
@@ -276,10 +285,10 @@ class PerCertificate(Generic[T]):
     one build per generation, whatever the number of threads). The value it
     replaces is kept until `close`, since a request another thread started on
     it must finish there; `close` closes them all with `dispose`, and the next
-    `get` builds afresh.
+    `get` builds afresh. A forked child forgets them all and builds its own.
     """
 
-    __slots__ = ("_build", "_current", "_dispose", "_lock", "_retired", "feed")
+    __slots__ = ("__weakref__", "_build", "_current", "_dispose", "_lock", "_retired", "feed")
 
     def __init__(
         self,
@@ -293,6 +302,13 @@ class PerCertificate(Generic[T]):
         self._lock = threading.Lock()
         self._current: tuple[int, T] | None = None
         self._retired: list[T] = []
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
+        # Forgotten, not closed: closing could talk on the parent's connections.
+        self._lock = threading.Lock()
+        self._current = None
+        self._retired = []
 
     @property
     def certificate(self) -> ClientCertificate:

@@ -25,7 +25,7 @@ from typing import Any, Union
 from ._binding import Binding, loads_json, parse_credentials, unwrap
 from ._certificate import ClientCertificate
 from ._errors import BindingError
-from ._redact import Secret
+from ._redact import Secret, guarded, safe_repr
 
 __all__ = [
     "BindingFeed",
@@ -42,12 +42,47 @@ _MAX_FILE_BYTES = 1 << 20
 _LEGACY_ROOTS = ("/etc/secrets/sapbtp", "/etc/secrets/sapcp")
 
 
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def _read_text(path: Path) -> str:
+    """A binding file's text: a regular file of at most 1 MiB, or a BindingError at once.
+
+    Opened without blocking and checked before reading: a FIFO would block the
+    open until a writer came, a device would never end.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise BindingError(f"cannot read binding file {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BindingError(
+                f"binding file {path} is {_kind_of(info.st_mode)}: bindings are regular files "
+                "(or directories of them)"
+            )
+        if info.st_size > _MAX_FILE_BYTES:
+            raise BindingError(f"binding file {path} is larger than {_MAX_FILE_BYTES} bytes")
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
             data = handle.read(_MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise BindingError(f"cannot read binding file {path}: {exc.strerror or exc}") from exc
+        raise BindingError(f"cannot read binding file {path}: {exc.strerror or exc}") from None
+    finally:
+        if fd != -1:
+            os.close(fd)
     if len(data) > _MAX_FILE_BYTES:
         raise BindingError(f"binding file {path} is larger than {_MAX_FILE_BYTES} bytes")
     try:
@@ -74,9 +109,9 @@ def _read_directory(directory: Path) -> dict[str, Any]:
         return _read_with_metadata(directory, metadata_path)
     credentials: dict[str, Any] = {}
     for entry in sorted(directory.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith(".") or entry.is_dir():
             continue
-        text = _read_text(entry)
+        text = _read_text(entry)  # anything but a regular file is refused here
         value: Any = text
         stripped = text.strip()
         if stripped.startswith("{") and entry.name != "certificate" and entry.name != "key":
@@ -106,12 +141,12 @@ def _read_with_metadata(directory: Path, metadata_path: Path) -> dict[str, Any]:
             raise BindingError(f"{metadata_path}: property name {name[:80]!r} is not a file name")
         path = directory / name
         try:
-            present = path.is_file()
+            present = path.exists()
         except OSError:
             present = False
         if not present:
             raise BindingError(f"binding directory {directory} lacks the file {name!r}")
-        text = _read_text(path)
+        text = _read_text(path)  # anything but a regular file is refused here
         if prop.get("format") == "json":
             value = loads_json(text, str(path))
             if prop.get("container") and isinstance(value, dict):
@@ -173,6 +208,7 @@ def _fingerprint(path: Path) -> tuple[Any, ...]:
         return ("missing",)
 
 
+@safe_repr
 class BindingSource:
     """Where a binding came from, and whether it has changed since it was read."""
 
@@ -248,6 +284,7 @@ class BindingSource:
 # -- Cloud Foundry -------------------------------------------------------------------------
 
 
+@guarded
 def select_vcap_service(
     label: str, name: str | None = None, vcap_services: str | None = None
 ) -> Mapping[str, Any]:
@@ -291,6 +328,7 @@ def select_vcap_service(
     return credentials
 
 
+@guarded
 def kubernetes_binding_path(name: str | None = None, label: str | None = None) -> Path:
     """The directory of a Kubernetes service binding, new layout or legacy."""
     root = os.environ.get("SERVICE_BINDING_ROOT")
@@ -333,6 +371,7 @@ def kubernetes_binding_path(name: str | None = None, label: str | None = None) -
     return candidates[0]
 
 
+@safe_repr
 class BindingFeed:
     """A binding in use as a client's certificate source: what `from_binding` hands on.
 

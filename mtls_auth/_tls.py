@@ -216,6 +216,15 @@ _PROC_FD_USABLE: bool | None = None
 _probe_lock = threading.Lock()
 
 
+def _new_probe_lock() -> None:
+    global _probe_lock
+    _probe_lock = threading.Lock()  # a forked child: its holder is not here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_probe_lock)
+
+
 @contextlib.contextmanager
 def _readable_paths(cert_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
     """Paths OpenSSL can open that yield `cert_pem` and `key_pem` once each."""

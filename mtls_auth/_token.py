@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ._errors import TokenResponseError, clean_text
 from ._http import MAX_RESPONSE_BYTES, HttpResponse
 from ._jwt import number_claim, unverified_claims
-from ._redact import Secret
+from ._redact import Secret, safe_repr
 
 __all__ = ["DEFAULT_LIFETIME", "MAX_LIFETIME", "Token", "TokenInfo", "parse_token_response"]
 
@@ -32,6 +32,7 @@ MAX_LIFETIME = 86400.0
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 
+@safe_repr
 class Token:
     """An access token and when it stops being usable; the value never shows.
 
@@ -98,6 +99,7 @@ class Token:
         )
 
 
+@safe_repr
 @dataclass(frozen=True)
 class TokenInfo:
     """Facts about an access token that are safe to show: never the token itself.

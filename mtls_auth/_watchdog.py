@@ -22,6 +22,8 @@ import threading
 import weakref
 from collections.abc import Iterator
 
+from . import _after_fork as after_fork
+
 __all__ = ["SocketRegistry", "watchdog"]
 
 
@@ -29,6 +31,10 @@ class SocketRegistry:
     """The live sockets of one internal token client (held weakly)."""
 
     def __init__(self) -> None:
+        self._after_fork()
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 

@@ -32,12 +32,13 @@ import weakref
 from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
+from . import _after_fork as after_fork
 from ._auth import AuthFacade
 from ._certificate import CertificateSource, ClientCertificate
 from ._client import ClientState, TokenClient
 from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
 from ._http import classify_failure as _classify
-from ._redact import Secret, redact
+from ._redact import Secret, guarded, redact
 from ._rotation import CertificateFeed, PerCertificate, as_feed
 from ._tls import Verify
 from ._token import Token
@@ -78,6 +79,7 @@ class _Presenting(Generic[_T]):
 
     _transports: PerCertificate[_T]
 
+    @guarded
     def __init__(
         self,
         certificate: CertificateSource | CertificateFeed,
@@ -170,6 +172,10 @@ class _LoopClients:
     def __init__(self, feed: CertificateFeed, verify: Verify) -> None:
         self._feed = feed
         self._verify = verify
+        self._after_fork()
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[
             int,
@@ -313,7 +319,11 @@ _TOO_LARGE = TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
 
 
 def _failure(exc: Exception) -> TransportFailure:
-    return _classify(exc, timed_out=isinstance(exc, httpx.TimeoutException))
+    if isinstance(exc, (httpx.RequestError, OSError)):
+        return _classify(exc, timed_out=isinstance(exc, httpx.TimeoutException))
+    # Anything else httpx or anyio raised (an ExceptionGroup, a ValueError on a
+    # URL it could not handle): still a failed attempt, never a raw error.
+    return TransportFailure("other", f"{type(exc).__name__} from httpx", exc)
 
 
 def _exchange(
@@ -325,7 +335,7 @@ def _exchange(
             if all(body.add(chunk) for chunk in response.iter_bytes()):
                 return body.response(response)
             return _TOO_LARGE
-    except (httpx.TransportError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - translated, see _failure
         return _failure(exc)
 
 
@@ -339,7 +349,7 @@ async def _aexchange(
                 if not body.add(chunk):
                     return _TOO_LARGE
             return body.response(response)
-    except (httpx.TransportError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - translated, see _failure
         return _failure(exc)
 
 
@@ -413,6 +423,9 @@ class MtlsOAuth2(AuthFacade, httpx.Auth):
         request.headers["Authorization"] = token.authorization()
         response: httpx.Response = yield request
         if _retry_401(request, response) and (yield _Refused(token)):
+            # The refused token leaves the request before the next one is asked
+            # for: if that fails, no frame holding the request shows it.
+            del request.headers["Authorization"]
             token = yield _TOKEN
             request.headers["Authorization"] = token.authorization()
             response = yield request

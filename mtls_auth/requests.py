@@ -28,17 +28,20 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
     ) from exc
 
 import asyncio
+import functools
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import _after_fork as after_fork
 from ._auth import AuthFacade
 from ._certificate import CertificateSource, ClientCertificate
 from ._client import ClientState, TokenClient
 from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
 from ._http import classify_failure as _classify
-from ._redact import Secret, redact
+from ._redact import Secret, guarded, redact
 from ._rotation import CertificateFeed, PerCertificate, as_feed
 from ._tls import Verify
+from ._token import Token
 from ._watchdog import SocketRegistry, watchdog
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ class MtlsAdapter(HTTPAdapter):
     TLS to the origin presents the certificate; the proxy never sees it.
     """
 
+    @guarded
     def __init__(
         self,
         certificate: CertificateSource | CertificateFeed,
@@ -96,6 +100,17 @@ class MtlsAdapter(HTTPAdapter):
         self._ssl_context = self._contexts.get()
         self._swap_lock = threading.Lock()
         super().__init__(**kwargs)
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
+        # The parent's pooled connections are forgotten, never reused here.
+        self._swap_lock = threading.Lock()
+        self.init_poolmanager(
+            self._pool_connections,  # type: ignore[attr-defined]
+            self._pool_maxsize,  # type: ignore[attr-defined]
+            block=self._pool_block,  # type: ignore[attr-defined]
+        )
+        self.proxy_manager = {}
 
     @property
     def certificate(self) -> ClientCertificate:
@@ -240,21 +255,25 @@ def _exchange(session: requests.Session, request: HttpRequest) -> HttpResponse |
             allow_redirects=False,
             stream=True,
         )
-    except requests.Timeout as exc:
-        return _classify(exc, timed_out=True)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        return _classify(exc)
+    except Exception as exc:  # noqa: BLE001 - translated, see _failure
+        return _failure(exc)
     with response:
         try:
             body = _read_capped(response)
-        except requests.Timeout as exc:
-            return _classify(exc, timed_out=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            return _classify(exc)
+        except Exception as exc:  # noqa: BLE001 - translated, see _failure
+            return _failure(exc)
         if body is None:
             return TransportFailure("too_large", f"over {MAX_RESPONSE_BYTES} bytes")
         headers = {k.lower(): v for k, v in response.headers.items()}
         return HttpResponse(response.status_code, headers, body)
+
+
+def _failure(exc: Exception) -> TransportFailure:
+    if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, OSError)):
+        return _classify(exc, timed_out=isinstance(exc, requests.Timeout))
+    # Anything else requests or urllib3 raised (a ValueError on a URL it could
+    # not handle): still a failed attempt, never a raw error.
+    return TransportFailure("other", f"{type(exc).__name__} from requests", exc)
 
 
 def _read_capped(response: requests.Response) -> bytes | None:
@@ -299,51 +318,46 @@ class MtlsOAuth2(AuthFacade, requests.auth.AuthBase):
         self._live().destinations.check_url(request.url or "")
         token = self._token()
         request.headers["Authorization"] = token.authorization()
-        # Which token this request carries. PreparedRequest.copy() (used for
-        # redirects) does not keep it, so a redirected request never has it.
-        request._mtls_auth_token = token  # type: ignore[attr-defined]
-        request._mtls_auth_owner = self  # type: ignore[attr-defined]
-        # hooks["response"] is the list register_hook() appends to, without its
+        # The 401 hook carries the token it goes with. requests hands the hooks
+        # (and nothing else of ours) on to the copy it makes for a redirect, so
+        # a 401 after a same-origin redirect is still seen as ours. hooks
+        # ["response"] is the list register_hook() appends to, without its
         # isinstance(hook, Callable) ABC check on every request.
-        request.hooks["response"].append(self._handle_401)
+        request.hooks["response"].append(functools.partial(self._handle_401, token))
         return request
 
-    def _handle_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+    def _handle_401(
+        self, used: Token, response: requests.Response, **kwargs: Any
+    ) -> requests.Response:
         if response.status_code != 401:
             return response
         sent = response.request
-        used = getattr(sent, "_mtls_auth_token", None)
-        # Only the request we signed, still carrying our token: a redirect to
-        # another host (which requests stripped of Authorization) answering 401
-        # must not get the token put back, and a request another auth object
-        # signed last is that object's business.
-        if (
-            used is None
-            or getattr(sent, "_mtls_auth_owner", None) is not self
-            or not used.matches(sent.headers.get("Authorization"))
-        ):
-            return response
-        if getattr(sent, "_mtls_auth_retried", False):
+        # Only a request still carrying the token this hook signed it with: a
+        # redirect to another host (which requests stripped of Authorization)
+        # answering 401 must not get the token put back, a request another auth
+        # object signed last is that object's business, and the one resend
+        # below carries another token, so it is never resent again.
+        if not used.matches(sent.headers.get("Authorization")):
             return response
         client = self._live()
         if not client.invalidate(self._key(), used) or not _rewind(sent):
             return response
+        # The refused token leaves the request before the next one is asked
+        # for: if that fails, no frame holding the request shows it.
+        del sent.headers["Authorization"]
+        client.destinations.check_url(sent.url or "")
+        token = client.token(self._request)
         # Let the connection go back to the pool before the second attempt.
         _ = response.content
         response.close()
         retry = sent.copy()
-        retry._mtls_auth_retried = True  # type: ignore[attr-defined]
         requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
             retry._cookies,  # type: ignore[attr-defined]
             sent,
             response.raw,
         )
         retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
-        client.destinations.check_url(retry.url or "")
-        token = client.token(self._request)
         retry.headers["Authorization"] = token.authorization()
-        retry._mtls_auth_token = token  # type: ignore[attr-defined]
-        retry._mtls_auth_owner = self  # type: ignore[attr-defined]
         second = response.connection.send(retry, **kwargs)
         if second.status_code == 401:
             client.refused_after_retry(token)

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from .._errors import PayloadError
+from .._redact import guarded, safe_repr
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -132,6 +133,7 @@ def _private_key(value: KeyInput) -> rsa.RSAPrivateKey:
     return key
 
 
+@safe_repr
 class PayloadCipher:
     """Encrypts request payloads and decrypts responses for one Credential Store binding.
 
@@ -144,6 +146,7 @@ class PayloadCipher:
 
     __slots__ = ("_clock", "_private", "_public", "_registry", "max_age")
 
+    @guarded
     def __init__(
         self,
         server_public_key: KeyInput,
@@ -169,6 +172,7 @@ class PayloadCipher:
         self._clock = clock
 
     @classmethod
+    @guarded
     def from_encryption(
         cls,
         encryption: Mapping[str, str],
@@ -193,6 +197,7 @@ class PayloadCipher:
         return cls(public, private, **kwargs)
 
     @classmethod
+    @guarded
     def from_binding(
         cls, binding: Any, *, client_private_key: KeyInput | None = None, **kwargs: Any
     ) -> PayloadCipher:
@@ -209,6 +214,7 @@ class PayloadCipher:
     def can_decrypt(self) -> bool:
         return self._private is not None
 
+    @guarded
     def encrypt(self, plaintext: bytes) -> bytes:
         """`plaintext` as a JWE compact serialisation for the service."""
         jwe = _joserfc()
@@ -223,6 +229,7 @@ class PayloadCipher:
             ) from None
         return compact.encode("ascii")
 
+    @guarded
     def decrypt(self, payload: bytes | str) -> bytes:
         """The plaintext of a JWE compact payload from the service, freshness checked."""
         if self._private is None:

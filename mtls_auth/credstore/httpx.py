@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from .._binding import credstore_api_url
-from .._redact import redact
+from .._redact import guarded, redact, safe_repr
 from .._sources import BindingInput
 from .._tls import Verify
 from ..httpx import MtlsOAuth2
@@ -76,6 +76,7 @@ def _opened(
     )
 
 
+@safe_repr
 class _Sealing(Generic[_T]):
     """What both Credential Store transports hold: the wrapped transport and the cipher."""
 
@@ -148,6 +149,7 @@ def _credstore_parts(
     return auth, url.rstrip("/") + "/", cipher
 
 
+@guarded
 def credstore_client(
     binding: BindingInput,
     *,
@@ -175,6 +177,7 @@ def credstore_client(
     return httpx.Client(auth=auth, base_url=base_url, transport=transport)
 
 
+@guarded
 def async_credstore_client(
     binding: BindingInput,
     *,

@@ -19,7 +19,7 @@ import requests
 from .._binding import credstore_api_url
 from .._certificate import CertificateSource
 from .._errors import PayloadError
-from .._redact import Secret, redact
+from .._redact import Secret, guarded, redact, safe_repr
 from .._rotation import CertificateFeed
 from .._sources import BindingInput
 from .._tls import Verify
@@ -39,6 +39,7 @@ class CredstoreAdapter(MtlsAdapter):
     `require_encrypted=False`.
     """
 
+    @guarded
     def __init__(
         self,
         certificate: CertificateSource | CertificateFeed,
@@ -88,6 +89,7 @@ class CredstoreAdapter(MtlsAdapter):
         return f"{super().__repr__()[:-1]} cipher={getattr(self, 'cipher', None)!r}>"
 
 
+@safe_repr
 class CredstoreSession(requests.Session):
     """A `requests.Session` whose relative URLs resolve against `base_url`.
 
@@ -110,6 +112,7 @@ class CredstoreSession(requests.Session):
         return f"<CredstoreSession {self.base_url} auth={self.auth!r}>"
 
 
+@guarded
 def credstore_session(
     binding: BindingInput,
     *,

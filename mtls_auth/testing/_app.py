@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from .._redact import safe_repr
 from ._credstore_api import CREDENTIALS_PATH, CredstoreApi
 from ._grants import GRANTS
 from ._oauth import (
@@ -78,6 +79,7 @@ def _under(path: str, base: str) -> bool:
 # -- the app ------------------------------------------------------------------------------
 
 
+@safe_repr
 class TokenApp:
     """Client registry, token issuing, revocation and bearer checks, without any I/O.
 

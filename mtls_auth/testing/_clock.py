@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 import threading
 
+from .._redact import safe_repr
+
 __all__ = ["FakeClock"]
 
 
+@safe_repr
 class FakeClock:
     """A thread-safe, manually advanced clock reading seconds as a float.
 

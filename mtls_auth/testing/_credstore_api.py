@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._redact import safe_repr
+
 __all__ = ["CREDENTIALS_PATH", "CredstoreApi", "jwe_decrypt", "jwe_encrypt"]
 
 CREDENTIALS_PATH = "/api/v1/credentials"
@@ -118,6 +120,7 @@ class ApiResponse:
     body: bytes
 
 
+@safe_repr
 class CredstoreApi:
     """Stored credentials per namespace, and the payload keys of one instance.
 

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._redact import safe_repr
 from ._wire import JSON_TYPE, json_bytes
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def _default_error(code: int) -> str:
     return "invalid_request"
 
 
+@safe_repr
 @dataclass(frozen=True)
 class Fault:
     """Something to go wrong with a token request, built by the class methods.
@@ -180,6 +182,7 @@ class Fault:
         return cls("huge_body", size=int(size))
 
 
+@safe_repr
 @dataclass(frozen=True)
 class FaultStream:
     """What became of one streamed fault (`Fault.slow_headers`, ``reset_mid_body``, ``huge_body``).

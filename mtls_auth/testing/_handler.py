@@ -176,7 +176,9 @@ class _Handler(BaseHTTPRequestHandler):
                     )
                 )
             else:
-                self._send(app.handle_document(self.command, path))
+                fault = self.server.listener.faults.take(path, token_endpoint=False)
+                canned = self._apply_fault(fault) if fault is not None else None
+                self._send(canned or app.handle_document(self.command, path))
         except _ResetConnection:
             self._reset()
         except _StreamFault as streamed:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 from cryptography import x509
 
+from .._redact import safe_repr
 from ._pki import Credential, thumbprint_of_der
 from ._wire import Response, json_bytes
 
@@ -81,6 +82,7 @@ TOKEN_SHAPES: Mapping[str, TokenShape] = MappingProxyType(
 # -- records ----------------------------------------------------------------------------
 
 
+@safe_repr
 @dataclass(frozen=True)
 class TokenRequest:
     """One request that reached a token endpoint, as the server saw it.
@@ -100,6 +102,7 @@ class TokenRequest:
     time: float
 
 
+@safe_repr
 @dataclass(frozen=True)
 class ResourceRequest:
     """One request to the protected resource; never holds the token itself.

@@ -34,6 +34,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+from .._redact import safe_repr
+
 __all__ = ["PKI", "Credential", "IssuerName", "KeyType", "PrivateKey"]
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
@@ -91,6 +93,7 @@ def _key_kind(key: PrivateKey) -> str:
     return "Ed25519"
 
 
+@safe_repr
 @dataclass(frozen=True, eq=False, repr=False)
 class Credential:
     """A certificate with its private key, rendered every way a binding may carry it.
@@ -281,6 +284,7 @@ def _sign(
     return builder.sign(signing_key, _signature_hash(signing_key))
 
 
+@safe_repr
 class PKI:
     """A root CA, an intermediate CA and a localhost server credential, made on demand.
 

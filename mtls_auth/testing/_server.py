@@ -33,6 +33,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._redact import safe_repr
 from ._app import TokenApp
 from ._credstore_api import CREDENTIALS_PATH
 from ._faults import Fault, FaultQueue, FaultStream
@@ -69,6 +70,7 @@ __all__ = [
 logger = logging.getLogger("mtls_auth.testing")
 
 
+@safe_repr
 class TokenServer:
     """An mTLS OAuth2 token server and protected resource on ``https://localhost:PORT``.
 
@@ -305,8 +307,9 @@ class TokenServer:
         """Apply `fault` to the next `times` matching requests, after earlier faults.
 
         With `path` None the fault matches requests to either token endpoint;
-        otherwise only requests to exactly that path (``"/resource"`` works
-        too). Queued faults are consumed first-in, first-out.
+        otherwise only requests to exactly that path: a resource path, or a
+        document such as ``"/.well-known/openid-configuration"`` (a 302 there
+        tests redirect handling). Queued faults are consumed first-in, first-out.
         """
         self._faults.inject(fault, times, path)
 

@@ -1,0 +1,128 @@
+"""What an error reporter would capture: secrets in the local variables of traceback frames.
+
+Sentry, rich tracebacks, ``pytest --showlocals`` and
+``traceback.TracebackException(capture_locals=True)`` record the locals of every
+frame on a traceback, for the exception and every exception chained to it.
+`leaks` walks exactly that and looks, deeply (inside containers, objects'
+``__dict__`` and their repr), for any of the given secrets. The test's own
+frames are left out: they hold what the test passed in, as a caller's do.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+__all__ = ["chain", "key_lines", "leaks"]
+
+_MAX_DEPTH = 8
+_MIN_SECRET = 24
+
+
+def key_lines(private_key: Any) -> list[str]:
+    """The base64 body lines of a private key in its PKCS#8 and PKCS#1/SEC1 PEM forms."""
+    lines: list[str] = []
+    for form in (
+        serialization.PrivateFormat.PKCS8,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+    ):
+        try:
+            pem = private_key.private_bytes(
+                serialization.Encoding.PEM, form, serialization.NoEncryption()
+            ).decode("ascii")
+        except (ValueError, TypeError):
+            continue
+        lines += [
+            line
+            for line in pem.splitlines()
+            if len(line) >= _MIN_SECRET and not line.startswith("-----")
+        ]
+    return lines
+
+
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and every exception chained to it (cause, context, groups)."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += list(getattr(current, "exceptions", ()))
+
+
+def _callers(filename: str) -> bool:
+    return f"{os.sep}tests{os.sep}" in filename
+
+
+def leaks(error: BaseException, secrets: Iterable[str]) -> list[str]:
+    """Where a secret shows in the frames captured for `error`: '<frame>: <local>...'."""
+    wanted = [s for s in secrets if s]
+    found: list[str] = []
+    for current in chain(error):
+        tb = current.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            code = frame.f_code
+            if not _callers(code.co_filename):
+                where = f"{code.co_filename.rsplit(os.sep, 1)[-1]}:{code.co_name}"
+                for name, value in list(frame.f_locals.items()):
+                    found += [f"{where}: {p}" for p in _find(value, wanted, name, 0, set())]
+            tb = tb.tb_next
+    # What a report renders, too: each frame's locals as TracebackException shows them.
+    report: traceback.TracebackException | None = traceback.TracebackException.from_exception(
+        error, capture_locals=True
+    )
+    while report is not None:
+        for summary in report.stack:
+            if _callers(summary.filename):
+                continue
+            shown = " ".join((summary.locals or {}).values())
+            found += [
+                f"rendered {summary.name}: secret #{index}"
+                for index, secret in enumerate(wanted)
+                if secret in shown
+            ]
+        report = report.__cause__ or report.__context__
+    return found
+
+
+def _find(value: Any, secrets: list[str], path: str, depth: int, seen: set[int]) -> Iterator[str]:
+    if id(value) in seen or depth > _MAX_DEPTH:
+        return
+    seen.add(id(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        text = bytes(value).decode("latin-1")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = None
+    if text is not None:
+        if any(secret in text for secret in secrets):
+            yield path
+        return
+    if isinstance(value, dict):
+        for key, item in list(value.items()):
+            yield from _find(key, secrets, f"{path}[key]", depth + 1, seen)
+            yield from _find(item, secrets, f"{path}[{key!r}]", depth + 1, seen)
+        return
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for index, item in enumerate(list(value)):
+            yield from _find(item, secrets, f"{path}[{index}]", depth + 1, seen)
+        return
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails shows nothing
+        shown = ""
+    if any(secret in shown for secret in secrets):
+        yield f"{path} (repr)"
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict) and not isinstance(value, type):
+        yield from _find(attributes, secrets, f"{path}.__dict__", depth + 1, seen)
