@@ -17,14 +17,17 @@ from ._errors import (
     BindingError,
     CertificateError,
     InsecureTransportError,
+    LoginRequiredError,
     MtlsAuthError,
     PayloadError,
     TokenError,
     TokenRequestError,
     TokenResponseError,
 )
+from ._redact import Secret
 
 if TYPE_CHECKING:
+    from ._authorize import AuthorizationRequest
     from ._check import CheckReport, Finding, check_binding
     from ._retry import RetryPolicy
     from ._sources import select_vcap_service
@@ -36,6 +39,7 @@ __version__ = "0.1.0"
 #: protocol and the binding readers import json, email, random, pathlib...,
 #: which `import mtls_auth` should not pay for until they are needed.
 _LAZY = {
+    "AuthorizationRequest": "_authorize",
     "CheckReport": "_check",
     "Finding": "_check",
     "RetryPolicy": "_retry",
@@ -57,15 +61,18 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "INSECURE_SKIP_VERIFY",
     "ArgumentError",
+    "AuthorizationRequest",
     "BindingError",
     "CertificateError",
     "CheckReport",
     "ClientCertificate",
     "Finding",
     "InsecureTransportError",
+    "LoginRequiredError",
     "MtlsAuthError",
     "PayloadError",
     "RetryPolicy",
+    "Secret",
     "TokenError",
     "TokenInfo",
     "TokenRequestError",

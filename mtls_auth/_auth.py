@@ -12,24 +12,33 @@ request is signed and sent (`mtls_auth.requests`, `mtls_auth.httpx`) and the
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
-from collections.abc import Collection, Iterable, Mapping
-from typing import Any, Callable, TypeVar
+from collections.abc import Collection, Hashable, Iterable, Mapping
+from typing import Any, Callable, TypeVar, cast
 
+from . import _users as users
+from ._authorize import AuthorizationRequest
 from ._certificate import CertificateProvider, CertificateSource, ClientCertificate
 from ._client import ClientState, Sender, Settings, TokenClient
-from ._discovery import discover_token_endpoint
-from ._errors import BindingError
-from ._redact import Secret, guarded, redact
+from ._discovery import discover as discover_endpoints
+from ._errors import ArgumentError, BindingError
+from ._grants import JwtBearer, Password, UserSession
+from ._redact import Secret, aguarded, guarded, redact
 from ._request import TokenRequest
 from ._retry import RetryPolicy
 from ._sources import BindingFeed, BindingInput, kubernetes_binding_path, select_vcap_service
+from ._tenant import Tenant
 from ._tls import Verify
 from ._token import Token, TokenInfo
 
 __all__ = ["AuthFacade"]
 
 _Auth = TypeVar("_Auth", bound="AuthFacade")
+
+#: Derived auths remembered per auth object (see `AuthFacade._derived`).
+_MEMO_LIMIT = 10_000
 
 
 class AuthFacade:
@@ -42,6 +51,7 @@ class AuthFacade:
     _client: TokenClient | None = None
     _request: TokenRequest
     _keyed: tuple[ClientState, tuple[Any, ...]] | None = None
+    _memo: dict[Hashable, AuthFacade] | None = None
 
     @guarded
     def __init__(
@@ -55,6 +65,7 @@ class AuthFacade:
         namespace: str | None = None,
         scope: str | Iterable[str] | None = None,
         params: Mapping[str, str] | None = None,
+        resource: str | Iterable[str] | None = None,
         verify: Verify = True,
         timeout: float = 10.0,
         leeway: float = 60.0,
@@ -63,6 +74,9 @@ class AuthFacade:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         check_interval: float = 5.0,
+        max_tenants: int = 10_000,
+        max_users: int = 10_000,
+        authorization_url: str | None = None,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
         settings = Settings(
@@ -74,10 +88,21 @@ class AuthFacade:
             retry=retry or RetryPolicy(),
             clock=clock or time.monotonic,
             check_interval=check_interval,
+            max_tenants=max_tenants,
+            max_users=max_users,
         )
-        request = TokenRequest.create(scope=scope, namespace=namespace, params=params)
+        request = TokenRequest.create(
+            scope=scope, namespace=namespace, params=params, resource=resource
+        )
         client = TokenClient(
-            token_url, client_id, certificate, key, password, settings, type(self)._new_sender
+            token_url,
+            client_id,
+            certificate,
+            key,
+            password,
+            settings,
+            type(self)._new_sender,
+            authorization_url=authorization_url,
         )
         self._bind(client, request)
 
@@ -90,6 +115,7 @@ class AuthFacade:
         self._client = client
         self._request = request
         self._keyed = None
+        self._memo = None
 
     def _derive(self: _Auth, request: TokenRequest) -> _Auth:
         """Another auth of this class for `request`, sharing this one's client.
@@ -99,6 +125,65 @@ class AuthFacade:
         derived = object.__new__(type(self))
         derived._bind(self._live(), request)
         return derived
+
+    def _remembered(self: _Auth, memo_key: Hashable) -> _Auth | None:
+        """The auth derived earlier for `memo_key`, if remembered (see `_remember`)."""
+        memo = self._memo
+        return None if memo is None else cast("_Auth | None", memo.get(memo_key))
+
+    def _remember(self: _Auth, memo_key: Hashable, request: TokenRequest) -> _Auth:
+        """`_derive(request)`, remembered under `memo_key`.
+
+        Asking for a tenant's or a user's auth on every incoming request is the
+        intended use: after the first time it is one dict lookup, and the object
+        keeps its cache key, so its requests cost what the first auth's cost.
+        The memo is bounded (the oldest entries go first); what it forgets is
+        only rebuilt, the tokens stay in the client's cache.
+        """
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        derived = self._derive(request)
+        if len(memo) >= _MEMO_LIMIT:
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                del memo[next(iter(memo))]
+        memo[memo_key] = derived
+        return derived
+
+    # -- tokens for others ------------------------------------------------------------
+
+    @guarded
+    def for_tenant(
+        self: _Auth,
+        subdomain: str | None = None,
+        *,
+        zone_id: str | None = None,
+        app_tid: str | None = None,
+    ) -> _Auth:
+        """The auth for a subscriber tenant: give exactly one of the three.
+
+        `subdomain` replaces the first DNS label of the token URL's host
+        (``provider.authentication.cert.eu10...`` becomes
+        ``customer-a.authentication.cert.eu10...``), scheme, port and path kept;
+        it must be one DNS label. `zone_id` sends the header ``x-zid`` to the same
+        token URL; `app_tid` (SAP Identity Services) the form field ``app_tid``.
+        The result is an auth of the same class sharing this one's certificate,
+        connections, rotation and policies, with its own cached token; the same
+        tenant again gives the same object, so calling this per request is cheap.
+        A bad value raises an `ArgumentError` (also a `ValueError`) and sends
+        nothing; a routed host outside `allowed_hosts` (when they are set) an
+        `InsecureTransportError`. At most `max_tenants` tenant tokens are cached.
+        """
+        memo_key = ("tenant", subdomain, zone_id, app_tid)
+        known = self._remembered(memo_key)
+        if known is not None:
+            return known
+        request = self._request.replace(
+            tenant=Tenant.create(subdomain, zone_id=zone_id, app_tid=app_tid)
+        )
+        client = self._live()
+        client.route(request, client.state)  # fails now, before anything is sent
+        return self._remember(memo_key, request)
 
     # -- constructors from bindings ----------------------------------------------------
 
@@ -134,13 +219,14 @@ class AuthFacade:
         token_url = parsed.token_url
         if discover:
             base = parsed.url or token_url.rsplit("/oauth/token", 1)[0]
-            token_url = discover_token_endpoint(
+            found = discover_endpoints(
                 base,
                 feed.certificate.ssl_context(verify),
                 domains=parsed.domains,
                 timeout=kwargs.get("timeout", 10.0),
             )
-            feed.token_url_override = token_url
+            token_url = feed.token_url_override = found.token_endpoint
+            feed.authorization_url_override = found.authorization_endpoint
         return cls(token_url, parsed.client_id, feed, namespace=namespace, verify=verify, **kwargs)
 
     @classmethod
@@ -218,6 +304,115 @@ class AuthFacade:
         token = await self._atoken()
         return token.info(client.cache.clock(), client.state.certificate.thumbprint)
 
+    @guarded
+    def for_user(self: _Auth, assertion: str | Secret) -> _Auth:
+        """The auth acting for a user: their JWT exchanged over mTLS (jwt-bearer, RFC 7523).
+
+        Pass the incoming request's user token (``Authorization: Bearer <jwt>``);
+        calling this per request is the intended use: the same token gives the
+        same object and one exchange, cached by the token's SHA-256 (never the
+        token itself), at most `max_users` of them. The exchanged token is
+        renewed by a new exchange as it nears expiry, while the user's token is
+        valid; once that has expired, a `TokenError` says so and nothing is
+        sent. XSUAA gets the ``x-zid`` of the token's ``zid`` claim, Identity
+        Services its ``app_tid`` (read unverified, only to route). Not a JWT:
+        an `ArgumentError` (also a `ValueError`).
+        """
+        grant = JwtBearer.of(redact(assertion))
+        del assertion  # no user token in this frame from here on
+        memo_key = ("user", grant.digest)
+        known = self._remembered(memo_key)
+        if known is not None:
+            return known
+        grant.usable()
+        request = users.exchange_request(self._request, grant, self._live().state)
+        return self._remember(memo_key, request)
+
+    @guarded
+    def authorization_request(
+        self, redirect_uri: str, *, scope: str | None = None, state: str | None = None
+    ) -> AuthorizationRequest:
+        """Start a user's login: the authorization code flow with PKCE (S256).
+
+        Returns an `AuthorizationRequest`: send the browser to its ``url`` and
+        keep it (``as_dict()``) in the user's session until the callback. The
+        authorization endpoint is the browser-facing one: the binding's ``url``
+        (XSUAA ``/oauth/authorize``, Identity Services ``/oauth2/authorize`` or the
+        binding's ``authorization_endpoint``), discovery's, or
+        ``authorization_url=``; a tenant's auth (``for_tenant(subdomain)``) sends
+        the user to the tenant's own login page.
+        """
+        return users.login_request(
+            self._request, self._live().state, redirect_uri, scope=scope, login_state=state
+        )
+
+    @guarded
+    def for_authorization_code(
+        self: _Auth, request: AuthorizationRequest, callback_url: str
+    ) -> _Auth:
+        """Finish a login: exchange the code the browser came back with, over mTLS.
+
+        `callback_url` is the full URL of the callback request. A ``state``
+        that does not match `request`'s raises `ArgumentError` and sends
+        nothing; an ``error`` in it raises `TokenResponseError` (``.error``,
+        ``.error_description``). Returns the user's auth, which renews its
+        token with the refresh token before it expires (keeping the newest the
+        server sends); when the server refuses that, `LoginRequiredError`.
+        """
+        exchange, session = users.code_exchange(self._request, request, redact(callback_url))
+        del callback_url  # it holds the code
+        self._live().token(exchange)
+        return self._derive(session)
+
+    @aguarded
+    async def afor_authorization_code(
+        self: _Auth, request: AuthorizationRequest, callback_url: str
+    ) -> _Auth:
+        """`for_authorization_code` for coroutines: the exchange never blocks the loop."""
+        exchange, session = users.code_exchange(self._request, request, redact(callback_url))
+        del callback_url
+        await self._live().atoken(exchange)
+        return self._derive(session)
+
+    @guarded
+    def for_refresh_token(self: _Auth, refresh_token: str | Secret) -> _Auth:
+        """Resume a user session the application stored: its token comes from `refresh_token`.
+
+        Store ``user.refresh_token.reveal()`` after the user's requests (the
+        server may have rotated it); a refused one raises `LoginRequiredError`.
+        """
+        sealed: Secret = redact(refresh_token)
+        del refresh_token
+        if not isinstance(sealed.value, str) or not sealed.value:
+            raise ArgumentError("refresh_token must be a non-empty string")
+        memo_key = ("refresh", hashlib.sha256(sealed.value.encode("utf-8")).hexdigest())
+        known = self._remembered(memo_key)
+        if known is not None:
+            return known
+        return self._remember(memo_key, users.session_request(self._request, UserSession(sealed)))
+
+    @guarded
+    def for_password(self: _Auth, username: str, password: str | Secret) -> _Auth:
+        """The password grant (legacy: for tests and tooling, never for production logins).
+
+        The user's password goes to the token endpoint with every token it asks
+        for; prefer `authorization_request` for people and `for_user` for tokens
+        you already have.
+        """
+        grant = Password.of(username, redact(password))
+        del password
+        memo_key = ("password", grant.digest)
+        known = self._remembered(memo_key)
+        if known is not None:
+            return known
+        return self._remember(memo_key, self._request.replace(grant=grant))
+
+    @property
+    def refresh_token(self) -> Secret | None:
+        """A user session's current refresh token, sealed (``.reveal()``), else None."""
+        session = getattr(self._request.grant, "session", None)
+        return session.refresh_token if isinstance(session, UserSession) else None
+
     # -- public, non-secret facts --------------------------------------------------
 
     @property
@@ -227,8 +422,8 @@ class AuthFacade:
 
     @property
     def token_url(self) -> str:
-        """The token endpoint this auth asks (over mTLS)."""
-        return self._live().state.token_url
+        """The token endpoint this auth asks (over mTLS); a tenant's auth shows its own."""
+        return self._request.token_url(self._live().state.token_url)
 
     @property
     def namespace(self) -> str | None:
@@ -258,7 +453,7 @@ class AuthFacade:
             state = client.state
             request = self._request.describe()
             return (
-                f"<{name} client_id={state.client_id!r} token_url={state.token_url!r}"
+                f"<{name} client_id={state.client_id!r} token_url={self.token_url!r}"
                 f"{' ' + request if request else ''} token={client.describe_token(self._key())}>"
             )
         except Exception as exc:  # noqa: BLE001 - repr must never raise

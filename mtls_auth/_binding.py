@@ -1,11 +1,14 @@
-"""Binding shapes: what XSUAA, Credential Store and generic mTLS credentials look like.
+"""Binding shapes: what XSUAA, Identity Services, Credential Store and generic ones look like.
 
 A *binding* is the credentials block SAP BTP hands an application (where it
 comes from, files, directories or `VCAP_SERVICES`, is `_sources`'s concern).
 `parse_credentials` recognises the shapes mTLS needs and says plainly what is
 wrong with the others::
 
-    XSUAA x509           clientid, certificate, key, certurl (or url), credential-type
+    XSUAA x509           clientid, certificate, key, certurl (or url), credential-type,
+                         uaadomain, xsappname
+    Identity Services    clientid, certificate, key, url (or token_endpoint), app_tid,
+    (IAS, "identity")    domains, credential-type X509_GENERATED / X509_PROVIDED
     Credential Store     username, certificate, key, oauth_token_url, url,
     (oauth:mtls)         expires_at, encryption.{client_private_key,server_public_key}
     generic              client_id, certificate, key, token_url
@@ -36,6 +39,8 @@ logger = logging.getLogger("mtls_auth")
 _FRACTION = re.compile(r"^(.*?)\.(\d+)(.*)$")
 _X509_TYPES = {"x509", "x509_generated", "x509_provided"}
 _SECRET_TYPES = {"binding-secret", "instance-secret"}
+#: Host suffixes of SAP Identity Services tenants.
+_IAS_HOSTS = (".accounts.ondemand.com", ".accounts400.ondemand.com", ".accounts.cloud.sap")
 
 
 @safe_repr
@@ -60,11 +65,17 @@ class Binding:
     source: str = "mapping"
     #: XSUAA's ``uaadomain``: the identity zone's domain, for discovery checks.
     domain: str | None = None
+    #: The browser-facing authorization endpoint (``url``, never ``certurl``).
+    authorization_url: str | None = None
+    #: SAP Identity Services: the application's tenant id.
+    app_tid: str | None = None
+    #: SAP Identity Services: the ``domains`` the tenant's hosts lie under.
+    other_domains: tuple[str, ...] = ()
 
     @property
     def domains(self) -> tuple[str, ...]:
-        """The binding's own domains: ``uaadomain`` and the hosts of its URLs."""
-        hosts = [self.domain or ""]
+        """The binding's own domains: ``uaadomain``/``domains`` and the hosts of its URLs."""
+        hosts = [self.domain or "", *self.other_domains]
         for url in (self.url, self.token_url):
             try:
                 hosts.append(urlsplit(url or "").hostname or "")
@@ -186,6 +197,80 @@ def _parse_xsuaa(credentials: Mapping[str, Any], where: str) -> Binding:
         url=_text(credentials, "url"),
         source=where,
         domain=_text(credentials, "uaadomain"),
+        authorization_url=_below(_text(credentials, "url"), "/oauth/authorize"),
+    )
+
+
+def _below(base: str | None, path: str) -> str | None:
+    return None if not base else base.rstrip("/") + path
+
+
+def _looks_like_ias(credentials: Mapping[str, Any]) -> bool:
+    """SAP Identity Services credentials, as opposed to XSUAA's (both have clientid)."""
+    if any(name in credentials for name in ("uaadomain", "xsappname", "identityzone")):
+        return False
+    if any(name in credentials for name in ("app_tid", "domains", "authorization_endpoint")):
+        return True
+    try:
+        host = urlsplit(_text(credentials, "url") or "").hostname or ""
+    except ValueError:
+        return False
+    return any(f".{host}".endswith(suffix) for suffix in _IAS_HOSTS)
+
+
+def _parse_ias(credentials: Mapping[str, Any], where: str) -> Binding:
+    kind = (_text(credentials, "credential-type") or "").strip()
+    lowered = kind.lower()
+    if lowered == "x509_attested":
+        raise BindingError(
+            f"SAP Identity Services binding in {where} is X509_ATTESTED (zero-trust "
+            "identity): it carries no private key, the certificate comes from SAP's "
+            "zero-trust identity service, which mtls-auth does not support. Bind with "
+            "credential-type X509_GENERATED (or X509_PROVIDED), or pass certificate= and "
+            "key= yourself"
+        )
+    if (
+        lowered in _SECRET_TYPES
+        or lowered in ("secret", "none")
+        or (credentials.get("clientsecret") and not credentials.get("key"))
+    ):
+        raise BindingError(
+            f"SAP Identity Services binding in {where} uses a client secret; mTLS needs a "
+            "certificate. Bind with `cf bind-service APP IAS -c "
+            '\'{"credential-type": "X509_GENERATED"}\'` (Kubernetes: parameters: '
+            "{credential-type: X509_GENERATED} in the ServiceBinding)"
+        )
+    if kind and lowered not in _X509_TYPES:
+        raise BindingError(
+            f"SAP Identity Services binding in {where} has credential-type {kind!r}, which "
+            "mtls-auth does not know; expected X509_GENERATED or X509_PROVIDED"
+        )
+    _require(
+        credentials, ["clientid", "certificate", "key"], "SAP Identity Services binding", where
+    )
+    url = _text(credentials, "url")
+    endpoint = _text(credentials, "token_endpoint")
+    if not endpoint and not url:
+        raise BindingError(
+            f"SAP Identity Services binding in {where} has neither 'url' nor "
+            "'token_endpoint': cannot tell the token endpoint"
+        )
+    token_url = endpoint or (url or "").rstrip("/") + "/oauth2/token"
+    domains = credentials.get("domains")
+    return Binding(
+        kind="ias",
+        client_id=_text(credentials, "clientid") or "",
+        token_url=_token_url(token_url, where, "token_endpoint" if endpoint else "url"),
+        certificate=_text(credentials, "certificate") or "",
+        sealed_key=Secret(_text(credentials, "key") or ""),
+        url=url,
+        source=where,
+        authorization_url=_text(credentials, "authorization_endpoint")
+        or _below(url, "/oauth2/authorize"),
+        app_tid=_text(credentials, "app_tid"),
+        other_domains=tuple(d for d in domains if isinstance(d, str))
+        if isinstance(domains, list)
+        else (),
     )
 
 
@@ -278,13 +363,15 @@ def parse_credentials(data: Mapping[str, Any], where: str = "mapping") -> Bindin
     ):
         return _parse_credstore(credentials, where)
     if "clientid" in credentials:
+        if _looks_like_ias(credentials):
+            return _parse_ias(credentials, where)
         return _parse_xsuaa(credentials, where)
     if "client_id" in credentials:
         return _parse_generic(credentials, where)
     fields = ", ".join(sorted(str(k) for k in credentials)[:12]) or "nothing"
     raise BindingError(
-        f"binding in {where} is neither XSUAA (clientid) nor Credential Store "
-        f"(username, oauth_token_url); it has: {fields}"
+        f"binding in {where} is neither XSUAA nor SAP Identity Services (clientid) nor "
+        f"Credential Store (username, oauth_token_url); it has: {fields}"
     )
 
 

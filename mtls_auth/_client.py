@@ -78,6 +78,10 @@ class Settings:
     retry: RetryPolicy
     clock: Callable[[], float]
     check_interval: float
+    #: Tokens of subscriber tenants kept at most (least recently used go first).
+    max_tenants: int = 10_000
+    #: Tokens of users (exchanged, logged in) kept at most, likewise.
+    max_users: int = 10_000
 
     def __post_init__(self) -> None:
         if self.verify is False or self.verify is None:
@@ -92,6 +96,10 @@ class Settings:
             raise ArgumentError("retry must be a mtls_auth.RetryPolicy")
         if not callable(self.clock):
             raise ArgumentError("clock must be a callable returning seconds")
+        for name in ("max_tenants", "max_users"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(f"{name} must be a whole number >= 1, not {value!r}")
 
 
 @safe_repr
@@ -104,6 +112,8 @@ class ClientState:
     client_id: str
     generation: int
     binding: Binding | None = None
+    #: The browser-facing authorization endpoint, when one is known.
+    authorization_url: str | None = None
 
 
 class Sender(Protocol):
@@ -147,11 +157,17 @@ class TokenClient:
         password: str | bytes | Secret | None,
         settings: Settings,
         sender_factory: Callable[[TokenClient], Sender],
+        *,
+        authorization_url: str | None = None,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
         check_endpoint(token_url, client_id)
+        if authorization_url is not None:
+            https_url(authorization_url, "authorization_url")
         self.settings = settings
         self._token_url_override: str | None = None
+        #: Given to the constructor or found by discovery: kept across re-reads.
+        self._authorization_override = authorization_url
         self.watch: CertificateWatch | None = None
         binding: Binding | None = None
         if isinstance(certificate, BindingFeed):
@@ -159,6 +175,9 @@ class TokenClient:
                 raise CertificateError("key= and password= do not apply to a binding")
             cert, binding = certificate.certificate, certificate.binding
             self._token_url_override = certificate.token_url_override
+            self._authorization_override = (
+                authorization_url or certificate.authorization_url_override
+            )
             if certificate.source.rereadable:
                 self.watch = CertificateWatch(
                     Loaded(cert, binding),
@@ -178,12 +197,15 @@ class TokenClient:
             )
         else:
             cert = coerce_certificate(certificate, key, password)
-        self._state = ClientState(cert, token_url, client_id, 0, binding)
+        self._state = ClientState(
+            cert, token_url, client_id, 0, binding, self._authorization_url(binding)
+        )
         self.destinations = Destinations(settings.allowed_hosts, settings.allow_http_loopback)
         self.cache = TokenCache(
             clock=settings.clock,
             policy=RefreshPolicy(leeway=settings.leeway),
             wait_timeout=settings.timeout * 2 + 5,
+            limits={"tenant": settings.max_tenants, "user": settings.max_users},
         )
         self._rotate_lock = threading.Lock()
         self.sender = sender_factory(self)
@@ -198,6 +220,11 @@ class TokenClient:
     def state(self) -> ClientState:
         """Certificate, endpoints and generation, as one consistent reading."""
         return self._state
+
+    def _authorization_url(self, binding: Binding | None) -> str | None:
+        if self._authorization_override is not None:
+            return self._authorization_override
+        return None if binding is None else binding.authorization_url
 
     def key(self, request: TokenRequest, state: ClientState) -> tuple[Any, ...]:
         """The cache key of `request`'s token for this client in `state`."""
@@ -219,7 +246,12 @@ class TokenClient:
                 token_url = self._token_url_override or binding.token_url
                 client_id = binding.client_id
             self._state = ClientState(
-                loaded.certificate, token_url, client_id, state.generation + 1, binding
+                loaded.certificate,
+                token_url,
+                client_id,
+                state.generation + 1,
+                binding,
+                self._authorization_url(binding),
             )
             # Tokens were bound to the old certificate: drop them. Requests already
             # in flight finish with what they have.
@@ -314,15 +346,34 @@ class TokenClient:
 
     # -- one fetch, sync and async ----------------------------------------------------
 
+    def route(self, request: TokenRequest, state: ClientState) -> str:
+        """The token URL `request` goes to in `state`, checked (tenant routing)."""
+        url = request.token_url(state.token_url)
+        if url != state.token_url:
+            self.destinations.check_routed_token_url(url)
+        return url
+
     def _flow(self, request: TokenRequest, state: ClientState) -> Generator[Step, Reply, Token]:
-        logger.debug("requesting a token from %s for %r", state.token_url, state.client_id)
-        return fetch_flow(
-            request.http_request(state.token_url, state.client_id),
-            timeout=self.settings.timeout,
-            retry=self.settings.retry,
-            clock=self.cache.clock,
-            subject=state.certificate.subject,
-        )
+        """One fetch for `request`: the grant's checks around `fetch_flow`."""
+        grant = request.grant
+        grant.usable()  # an expired assertion, a session without refresh token: send nothing
+        url = self.route(request, state)
+        logger.debug("requesting a %s token from %s for %r", grant.describe(), url, state.client_id)
+        try:
+            token = yield from fetch_flow(
+                request.http_request(state.token_url, state.client_id),
+                timeout=self.settings.timeout,
+                retry=self.settings.retry,
+                clock=self.cache.clock,
+                subject=state.certificate.subject,
+            )
+        except TokenResponseError as exc:
+            refused = grant.refused(exc)
+            if refused is exc:
+                raise
+            raise refused from exc
+        grant.received(token)
+        return token
 
     def _fetch(self, request: TokenRequest, state: ClientState) -> Token:
         flow = self._flow(request, state)

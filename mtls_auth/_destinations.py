@@ -66,6 +66,22 @@ class Destinations:
                 self._origins[origin] = known
         self.check(*known)
 
+    def check_routed_token_url(self, url: str) -> None:
+        """A token URL routed to a tenant must be among `allowed_hosts`, when they are set.
+
+        The configured token URL is the operator's; one built from a subdomain
+        that came with a request is checked like any destination.
+        """
+        if self._allowed is None:
+            return
+        host = normal_host(urlsplit(url).hostname or "")
+        if not self._decide("https", host):
+            raise InsecureTransportError(
+                f"refusing to send a token request to {clean_text(host, 120)!r}: it is not in "
+                "allowed_hosts (add the token endpoints' domain, for example "
+                "'*.authentication.cert.eu10.hana.ondemand.com')"
+            )
+
     def _decide(self, scheme: str, host: str) -> bool:
         host = normal_host(host)  # "API.example.com." is api.example.com
         if scheme == "http":

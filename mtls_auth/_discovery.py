@@ -13,14 +13,14 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlunsplit
 
 from ._binding import loads_json
 from ._errors import BindingError, clean_text
 from ._urls import https_url, normal_host
 
-__all__ = ["discover_token_endpoint", "under"]
+__all__ = ["Discovered", "discover", "discover_token_endpoint", "under"]
 
 _MAX_DOCUMENT_BYTES = 1 << 20
 
@@ -42,6 +42,13 @@ def under(host: str, domains: Iterable[str]) -> bool:
     return False
 
 
+class Discovered(NamedTuple):
+    """What discovery found: the mTLS token endpoint and the browser's login endpoint."""
+
+    token_endpoint: str
+    authorization_endpoint: str | None
+
+
 def discover_token_endpoint(
     base_url: str,
     context: ssl.SSLContext,
@@ -49,11 +56,24 @@ def discover_token_endpoint(
     domains: Iterable[str] | None = None,
     timeout: float = 10.0,
 ) -> str:
-    """The mTLS token endpoint from ``/.well-known/openid-configuration``.
+    """The mTLS token endpoint from ``/.well-known/openid-configuration`` (see `discover`)."""
+    return discover(base_url, context, domains=domains, timeout=timeout).token_endpoint
 
-    Prefers ``mtls_endpoint_aliases.token_endpoint`` (RFC 8705 section 5) and
-    falls back to ``token_endpoint``. The endpoint must be https and its host
-    one of `domains` (default: the host of `base_url`) or under one of them;
+
+def discover(
+    base_url: str,
+    context: ssl.SSLContext,
+    *,
+    domains: Iterable[str] | None = None,
+    timeout: float = 10.0,
+) -> Discovered:
+    """The endpoints from ``/.well-known/openid-configuration``.
+
+    The token endpoint: ``mtls_endpoint_aliases.token_endpoint`` (RFC 8705
+    section 5), else ``token_endpoint``. The authorization endpoint: the
+    top-level ``authorization_endpoint`` (browsers present no client
+    certificate), when there is one. Both must be https and their hosts one of
+    `domains` (default: the host of `base_url`) or under one of them;
     redirects are refused.
     """
     checked = https_url(base_url, "the discovery base URL", BindingError)
@@ -87,12 +107,20 @@ def discover_token_endpoint(
     endpoint = endpoint or document.get("token_endpoint")
     if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
         raise BindingError(f"OpenID configuration at {url} names no https token endpoint")
-    found = https_url(endpoint, f"the token endpoint discovered at {url}", BindingError)
     allowed = [d for d in domains if d]
-    if not under(found.host, allowed):
+    _ours(endpoint, f"the token endpoint discovered at {url}", allowed)
+    login = document.get("authorization_endpoint")
+    if isinstance(login, str) and login:
+        _ours(login, f"the authorization endpoint discovered at {url}", allowed)
+    else:
+        login = None
+    return Discovered(endpoint, login)
+
+
+def _ours(endpoint: str, what: str, domains: list[str]) -> None:
+    found = https_url(endpoint, what, BindingError)
+    if not under(found.host, domains):
         raise BindingError(
-            f"the token endpoint discovered at {url} is on {found.host!r}, outside the "
-            f"binding's own domain ({', '.join(sorted(set(allowed))) or 'none known'}): "
-            "refusing to send the client certificate there"
+            f"{what} is on {found.host!r}, outside the binding's own domain "
+            f"({', '.join(sorted(set(domains))) or 'none known'}): refusing to use it"
         )
-    return endpoint

@@ -18,6 +18,7 @@ Every error the library raises on purpose is an `MtlsAuthError`, so one
     └── TokenError                no token could be obtained
         ├── TokenRequestError     transport or TLS failure talking to the token URL
         └── TokenResponseError    the token endpoint answered, but not with a token
+            └── LoginRequiredError  a user's refresh token was refused: log in again
 
 Lower-level errors (`ssl.SSLError`, `OSError`, the HTTP library's own errors) are
 translated at the boundary with ``raise ... from exc`` so the cause stays
@@ -35,6 +36,7 @@ __all__ = [
     "BindingError",
     "CertificateError",
     "InsecureTransportError",
+    "LoginRequiredError",
     "MtlsAuthError",
     "PayloadError",
     "TokenError",
@@ -144,6 +146,27 @@ class TokenResponseError(TokenError):
             _rebuild_response_error,
             (str(self), self.status_code, self.error, self.error_description),
         )
+
+
+class LoginRequiredError(TokenResponseError):
+    """A user's session cannot be renewed: its refresh token was refused (``invalid_grant``).
+
+    The user has to log in again: send them to `authorization_request`'s URL.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_login_required,
+            (str(self), self.status_code, self.error, self.error_description),
+        )
+
+
+def _rebuild_login_required(
+    message: str, status_code: int | None, error: str | None, error_description: str | None
+) -> LoginRequiredError:
+    return LoginRequiredError(
+        message, status_code=status_code, error=error, error_description=error_description
+    )
 
 
 def _rebuild_response_error(

@@ -37,13 +37,17 @@ C = TypeVar("C", bound=type)
 
 
 class Secret:
-    """A secret value whose repr, str and pickle show nothing of it."""
+    """A secret value whose repr, str and pickle show nothing of it; `reveal` returns it."""
 
     __slots__ = ("value",)
     value: Any
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+    def reveal(self) -> Any:
+        """The value itself: only where it has to be used or stored."""
+        return self.value
 
     def __repr__(self) -> str:
         return "<redacted>"

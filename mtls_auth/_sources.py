@@ -381,7 +381,13 @@ class BindingFeed:
     certificate provider is expected.
     """
 
-    __slots__ = ("binding", "certificate", "source", "token_url_override")
+    __slots__ = (
+        "authorization_url_override",
+        "binding",
+        "certificate",
+        "source",
+        "token_url_override",
+    )
 
     def __init__(
         self, source: BindingSource, binding: Binding, certificate: ClientCertificate
@@ -389,8 +395,9 @@ class BindingFeed:
         self.source = source
         self.binding = binding
         self.certificate = certificate
-        #: A token URL found by discovery: kept when the binding is re-read.
+        #: Endpoints found by discovery: kept when the binding is re-read.
         self.token_url_override: str | None = None
+        self.authorization_url_override: str | None = None
 
     @classmethod
     def read(cls, binding: BindingInput) -> BindingFeed:

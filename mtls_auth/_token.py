@@ -45,11 +45,20 @@ class Token:
         "expires_at",
         "issued_at",
         "lifetime",
+        "refresh_token",
         "refused_at",
         "token_type",
     )
 
-    def __init__(self, value: str, *, token_type: str, issued_at: float, lifetime: float) -> None:
+    def __init__(
+        self,
+        value: str,
+        *,
+        token_type: str,
+        issued_at: float,
+        lifetime: float,
+        refresh_token: Secret | None = None,
+    ) -> None:
         # Kept as the ready header value: the hot path does no string work.
         self._value = "Bearer " + value
         self.token_type = token_type
@@ -58,6 +67,8 @@ class Token:
         self.expires_at = issued_at + lifetime
         #: A time.monotonic() reading: fetched to answer a 401, and refused too.
         self.refused_at: float | None = None
+        #: The refresh token that came with it (user grants), sealed.
+        self.refresh_token = refresh_token
 
     def authorization(self) -> str:
         """The Authorization header value. Internal: the integrations call it."""
@@ -231,4 +242,18 @@ def parse_token_response(response: HttpResponse, url: str, *, sent_at: float) ->
             status_code=status,
         )
     lifetime = _lifetime(data, value, url, status)
-    return Token(value.value, token_type="bearer", issued_at=sent_at, lifetime=lifetime)  # noqa: S106
+    refresh = Secret(data.pop("refresh_token", None))
+    if refresh.value is not None and (
+        not isinstance(refresh.value, str) or not _B64TOKEN.fullmatch(refresh.value)
+    ):
+        raise TokenResponseError(
+            f"token endpoint {url} sent a refresh_token that is not a token string",
+            status_code=status,
+        )
+    return Token(
+        value.value,
+        token_type="bearer",  # noqa: S106 - a token type, not a secret
+        issued_at=sent_at,
+        lifetime=lifetime,
+        refresh_token=refresh if refresh.value is not None else None,
+    )

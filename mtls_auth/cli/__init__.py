@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import MtlsAuthError, __version__
-from ._common import EXIT_ERROR, EXIT_USAGE, UsageError, one_line
+from ._common import EXIT_ERROR, EXIT_USAGE, UsageError, add_tenant_options, one_line
 
 __all__ = ["main"]
 
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "--fetch", action="store_true", help="also get a token over mTLS (never printed)"
     )
     check.add_argument("--namespace", help="Credential Store namespace (for --fetch)")
+    add_tenant_options(check, "for --fetch: ")
     check.add_argument("--verify", help="CA bundle for the token endpoint (default: system)")
     check.add_argument(
         "--warn-hours",
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     request.add_argument("-d", "--data", help="request body (@file reads a file)")
     request.add_argument("-i", "--include", action="store_true", help="print response headers")
     request.add_argument("--namespace", help="Credential Store namespace")
+    add_tenant_options(request)
     request.add_argument("--verify", help="CA bundle (default: system trust store)")
     request.add_argument(
         "--cert-bound",

@@ -14,7 +14,9 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_WARNING",
     "UsageError",
+    "add_tenant_options",
     "binding_input",
+    "for_tenant",
     "integration",
     "one_line",
     "verify_option",
@@ -62,6 +64,29 @@ def integration() -> Any:
                 "this needs an HTTP library: pip install mtls-auth[requests] or mtls-auth[httpx]"
             ) from None
     return chosen
+
+
+def add_tenant_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--tenant, --zone-id and --app-tid: a token for a subscriber tenant (one at most)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tenant", metavar="SUBDOMAIN", help=f"{prefix}a subscriber tenant's subdomain"
+    )
+    group.add_argument("--zone-id", metavar="ID", help=f"{prefix}a tenant's zone id (x-zid)")
+    group.add_argument(
+        "--app-tid", metavar="ID", help=f"{prefix}an Identity Services tenant id (app_tid)"
+    )
+
+
+def for_tenant(auth: Any, args: argparse.Namespace) -> Any:
+    """`auth`, or its tenant's auth when --tenant, --zone-id or --app-tid was given."""
+    if args.tenant is not None:
+        return auth.for_tenant(args.tenant)
+    if args.zone_id is not None:
+        return auth.for_tenant(zone_id=args.zone_id)
+    if args.app_tid is not None:
+        return auth.for_tenant(app_tid=args.app_tid)
+    return auth
 
 
 def verify_option(args: argparse.Namespace) -> Any:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from .. import CheckReport, MtlsAuthError, check_binding
-from ._common import binding_input, integration, one_line, verify_option
+from ._common import binding_input, for_tenant, integration, one_line, verify_option
 
 __all__ = ["run"]
 
@@ -34,7 +34,7 @@ def _fetch(args: argparse.Namespace, binding: Any, report: CheckReport) -> None:
             binding, namespace=args.namespace, verify=verify_option(args)
         )
         with auth:
-            report.set_token(auth.token_info())
+            report.set_token(for_tenant(auth, args).token_info())
     except MtlsAuthError as exc:
         report.error(f"token fetch failed: {one_line(exc)}")
         return

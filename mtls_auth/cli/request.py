@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from .. import check_binding, credstore
-from ._common import binding_input, integration, verify_option
+from ._common import binding_input, for_tenant, integration, verify_option
 
 __all__ = ["run"]
 
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         headers["Content-Type"] = "application/json"
     method = (args.method or ("POST" if body is not None else "GET")).upper()
 
-    auth = library.MtlsOAuth2.from_binding(binding, namespace=args.namespace, verify=verify)
+    base = library.MtlsOAuth2.from_binding(binding, namespace=args.namespace, verify=verify)
+    auth = for_tenant(base, args)
     cipher = None
     if not args.no_decrypt and check_binding(binding)[0].payload_encryption:
         if credstore.available():
