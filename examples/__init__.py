@@ -1,0 +1,1 @@
+"""Examples of mtls-auth in applications; each is tested in tests/."""
