@@ -274,6 +274,13 @@ class TokenCache:
             return entry.token
         return None
 
+    def quiet_for(self) -> float | None:
+        """Seconds until the first stored token turns stale (None: no tokens)."""
+        entries = list(self._entries.values())
+        if not entries:
+            return None
+        return min(entry.refresh_at for entry in entries) - self.clock()
+
     def freshness(self, key: Hashable) -> tuple[Freshness, float] | None:
         """The state of the token stored for `key` and seconds until it expires."""
         entry = self._entries.get(key)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import hmac
 import logging
 import re
+import secrets
 import ssl
+import weakref
 from typing import TYPE_CHECKING, Callable, Union
 
 from ._errors import CertificateError
@@ -106,9 +109,20 @@ def _load_key(block: Secret, label: bytes, password: Secret | None) -> PrivateKe
         )
     failure: str | None = None
     try:
-        return load_pem_private_key(
-            block.value, password.value if encrypted and password is not None else None
+        # cryptography's full RSA check tests p and q for primality: about 50 ms
+        # for a 2048-bit key, most of a cold start. That check guards code that
+        # decrypts with keys from strangers; this key is the client's own and
+        # only signs its TLS handshakes. What matters is that it signs
+        # correctly, and `_signs` proves that with one signature (about 1 ms);
+        # from_pem then checks that it belongs to the certificate, and OpenSSL
+        # checks the pair again in load_cert_chain.
+        loaded = load_pem_private_key(
+            block.value,
+            password.value if encrypted and password is not None else None,
+            unsafe_skip_rsa_key_validation=True,
         )
+        if _signs(loaded):
+            return loaded
     except UnsupportedAlgorithm:
         failure = (
             f"the private key uses an algorithm this OpenSSL build cannot load ({label.decode()})"
@@ -122,9 +136,31 @@ def _load_key(block: Secret, label: bytes, password: Secret | None) -> PrivateKe
             failure = (
                 f"the private key is not valid PEM ({label.decode()}): it could not be decoded"
             )
+    if failure is None:  # loaded, but its parts do not make a working key
+        failure = (
+            f"the private key is not valid PEM ({label.decode()}): it could not be decoded "
+            "(its parts do not fit together: corrupt or edited)"
+        )
     # Raised outside the except clause on purpose: cryptography's exception (and
     # OpenSSL's error queue behind it) stays out of __context__ and tracebacks.
     raise CertificateError(failure)
+
+
+def _signs(key: PrivateKeyTypes) -> bool:
+    """Whether an RSA key (loaded without cryptography's check) makes valid signatures."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return True  # fully checked on load
+    message = b"mtls-auth key self-test"
+    try:
+        signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        key.public_key().verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _load_certificates(blocks: list[bytes]) -> list[x509.Certificate]:
@@ -253,6 +289,12 @@ class ClientCertificate:
         # From here on the key and the password live only in Secret holders, so
         # a traceback's captured locals show nothing of them.
         del key, password
+        # The same PEM parsed before (many auth objects from one binding): the
+        # same immutable object, found by a keyed digest of the inputs.
+        seen = _seen_digest(cert_data, key_data, secret_password)
+        known = _parsed.get(seen)
+        if known is not None and known.not_after > _now():
+            return known
 
         cert_blocks = _blocks(cert_data)
         if not cert_blocks:
@@ -293,7 +335,9 @@ class ClientCertificate:
                 f"(no certificate in the chain belongs to this key; chain: {subjects})"
             )
         chain = _order_chain(leaf, [c for c in certs if c is not leaf])
-        return cls._build(tuple(chain), private_key)
+        built = cls._build(tuple(chain), private_key)
+        _parsed[seen] = built
+        return built
 
     @classmethod
     def _build(
@@ -436,6 +480,22 @@ class ClientCertificate:
 
     def __deepcopy__(self, memo: object) -> ClientCertificate:
         return self
+
+
+#: Certificates parsed in this process, by a keyed digest of their PEM inputs:
+#: held weakly (an entry lives as long as something uses the certificate), and
+#: never the PEM or the key itself.
+_parsed: weakref.WeakValueDictionary[str, ClientCertificate] = weakref.WeakValueDictionary()
+#: The digest's key: random per process, so a digest says nothing outside it.
+_DIGEST_KEY = secrets.token_bytes(32)
+
+
+def _seen_digest(cert_data: bytes, key_data: Secret, password: Secret | None) -> str:
+    mac = hmac.new(_DIGEST_KEY, cert_data, hashlib.sha256)
+    mac.update(b"\0" + key_data.value + b"\0")
+    if password is not None:
+        mac.update(password.value)
+    return mac.hexdigest()
 
 
 _warned_thumbprints: set[str] = set()

@@ -45,10 +45,11 @@ from ._errors import (
     check_seconds,
 )
 from ._http import HttpRequest, HttpResponse, TransportFailure
+from ._idle import IdleRelease
 from ._redact import Secret, aguarded, guarded, redact, safe_repr
 from ._request import TokenRequest
 from ._retry import Reply, RetryPolicy, Step, fetch_flow
-from ._rotation import CertificateWatch, Loaded
+from ._rotation import CertificateWatch, Loaded, SharedContexts
 from ._sources import BindingFeed
 from ._tls import Verify, build_ssl_context
 from ._token import Token
@@ -126,6 +127,10 @@ class Sender(Protocol):
     def send(self, request: HttpRequest, state: ClientState) -> Outcome: ...
 
     async def asend(self, request: HttpRequest, state: ClientState) -> Outcome: ...
+
+    def idle_for(self, in_loop: bool) -> IdleRelease:
+        """What lets go of the connections a sync (or this loop's async) fetch used."""
+        ...
 
     def close(self) -> None: ...
 
@@ -208,6 +213,8 @@ class TokenClient:
             limits={"tenant": settings.max_tenants, "user": settings.max_users},
         )
         self._rotate_lock = threading.Lock()
+        #: One SSLContext per HTTP-library flavour, for the sender and adapters alike.
+        self.contexts = SharedContexts(self, settings.verify)
         self.sender = sender_factory(self)
         after_fork.register(self)
 
@@ -376,34 +383,55 @@ class TokenClient:
         return token
 
     def _fetch(self, request: TokenRequest, state: ClientState) -> Token:
-        flow = self._flow(request, state)
-        step = next(flow)
-        while True:
-            if isinstance(step, HttpRequest):
-                reply: Reply = self.sender.send(step, state)
-            else:
-                time.sleep(step)
-                reply = None
-            try:
-                step = flow.send(reply)
-            except StopIteration as done:
-                token: Token = done.value
-                return token
+        idle = self.sender.idle_for(False)
+        idle.begin()
+        token: Token | None = None
+        try:
+            flow = self._flow(request, state)
+            step = next(flow)
+            while True:
+                if isinstance(step, HttpRequest):
+                    reply: Reply = self.sender.send(step, state)
+                else:
+                    time.sleep(step)
+                    reply = None
+                try:
+                    step = flow.send(reply)
+                except StopIteration as done:
+                    token = done.value
+                    return done.value  # type: ignore[no-any-return]
+        finally:
+            idle.end(self._quiet_after(token))
 
     async def _afetch(self, request: TokenRequest, state: ClientState) -> Token:
-        flow = self._flow(request, state)
-        step = next(flow)
-        while True:
-            if isinstance(step, HttpRequest):
-                reply: Reply = await self.sender.asend(step, state)
-            else:
-                await asyncio.sleep(step)
-                reply = None
-            try:
-                step = flow.send(reply)
-            except StopIteration as done:
-                token: Token = done.value
-                return token
+        idle = self.sender.idle_for(True)
+        idle.begin()
+        token: Token | None = None
+        try:
+            flow = self._flow(request, state)
+            step = next(flow)
+            while True:
+                if isinstance(step, HttpRequest):
+                    reply: Reply = await self.sender.asend(step, state)
+                else:
+                    await asyncio.sleep(step)
+                    reply = None
+                try:
+                    step = flow.send(reply)
+                except StopIteration as done:
+                    token = done.value
+                    return done.value  # type: ignore[no-any-return]
+        finally:
+            idle.end(self._quiet_after(token))
+
+    def _quiet_after(self, token: Token | None) -> float | None:
+        """How long after this fetch no token needs refreshing (None: unknown)."""
+        cache = self.cache
+        soonest = cache.quiet_for()
+        if token is None:
+            return soonest
+        mine = cache.policy.refresh_at(token) - cache.clock()
+        return mine if soonest is None else min(mine, soonest)
 
     # -- presentation ------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ._certificate import CertificateSource, ClientCertificate, coerce_certifica
 from ._errors import CertificateError, MtlsAuthError
 from ._redact import Secret, safe_repr
 from ._sources import BindingSource
+from ._tls import Verify
 
 __all__ = [
     "CertificateFeed",
@@ -46,7 +48,9 @@ __all__ = [
     "FixedCertificate",
     "Loaded",
     "PerCertificate",
+    "SharedContexts",
     "as_feed",
+    "shared_contexts",
 ]
 
 T = TypeVar("T")
@@ -350,3 +354,71 @@ class PerCertificate(Generic[T]):
         for value in self.take():
             if dispose is not None:
                 dispose(value)
+
+
+@safe_repr
+class SharedContexts:
+    """The SSLContexts of one certificate source: one per HTTP-library flavour, shared.
+
+    Loading a trust store costs a megabyte and milliseconds per context, so the
+    token sender, adapters, transports and per-event-loop clients of one auth
+    share contexts. They cannot all share one: urllib3 sets the verify mode and
+    ALPN of the context it is given, httpcore sets ALPN (``http/1.1``, or
+    ``h2`` too when HTTP/2 is on), each per connection. Within a flavour those
+    settings are always the same, so each flavour (``"urllib3"``,
+    ``"httpcore"``, ``"httpcore-h2"``) has one context per certificate, built
+    on first use and rebuilt after a rotation. It is itself a feed: adapters
+    and transports given one follow its certificate.
+    """
+
+    __slots__ = ("__weakref__", "_lock", "_per_certificate", "verify")
+
+    def __init__(self, feed: CertificateFeed, verify: Verify) -> None:
+        self.verify = verify
+        self._per_certificate: PerCertificate[tuple[ClientCertificate, dict[str, ssl.SSLContext]]]
+        self._per_certificate = PerCertificate(feed, lambda certificate: (certificate, {}))
+        self._lock = threading.Lock()
+        after_fork.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> CertificateState:
+        return self._per_certificate.feed.state
+
+    @property
+    def certificate(self) -> ClientCertificate:
+        return self.state.certificate
+
+    def get(self, flavour: str) -> ssl.SSLContext:
+        """The context for `flavour` and the current certificate."""
+        certificate, contexts = self._per_certificate.get()
+        context = contexts.get(flavour)
+        if context is None:
+            with self._lock:
+                context = contexts.get(flavour)
+                if context is None:
+                    context = contexts[flavour] = certificate.ssl_context(self.verify)
+        return context
+
+    def __repr__(self) -> str:
+        return f"<SharedContexts for {self.certificate!r}>"
+
+
+def shared_contexts(
+    certificate: CertificateSource | CertificateFeed,
+    key: str | bytes | Secret | None,
+    password: str | bytes | Secret | None,
+    verify: Verify,
+) -> SharedContexts:
+    """The contexts an adapter or transport presents: an auth's own, or new ones.
+
+    An auth passes its `SharedContexts` (then nothing is built twice);
+    PEM text, a `ClientCertificate` or another feed get contexts of their own.
+    """
+    if isinstance(certificate, SharedContexts):
+        if key is not None or password is not None:
+            raise CertificateError("key= and password= apply to PEM text only")
+        return certificate
+    return SharedContexts(as_feed(certificate, key, password), verify)

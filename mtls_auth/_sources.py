@@ -164,11 +164,13 @@ def _read_with_metadata(directory: Path, metadata_path: Path) -> dict[str, Any]:
     return credentials
 
 
-def _json_in_text(text: str) -> dict[str, Any] | None:
+def _json_in_text(text: str, where: str = "binding JSON text") -> dict[str, Any] | None:
     """The JSON object in `text`: plain, after a BOM, or inside `cf service-key` output.
 
-    `cf service-key APP KEY` prints a "Getting key ..." line before the JSON.
-    Returns None when the text does not look like JSON at all (a path).
+    `cf service-key APP KEY > key.json` writes a "Getting key ... as ..." line
+    (and maybe a blank one) before the JSON: a preamble before the first line
+    that starts with ``{`` is skipped. Returns None when no line starts with
+    ``{`` (the text is not JSON at all: a path, say).
     """
     stripped = text.lstrip("\ufeff").strip()
     if not stripped.startswith("{"):
@@ -176,9 +178,9 @@ def _json_in_text(text: str) -> dict[str, Any] | None:
         if start < 0:
             return None
         stripped = stripped[start + 1 :]
-    data = loads_json(stripped, "binding JSON text")
+    data = loads_json(stripped, where)
     if not isinstance(data, dict):
-        raise BindingError("binding JSON text must be an object")
+        raise BindingError(f"{where} must hold a JSON object")
     return data
 
 
@@ -263,10 +265,15 @@ class BindingSource:
         if self.path.is_dir():
             credentials = _read_directory(self.path)
         else:
-            data = loads_json(_read_text(self.path), f"service key {self.path}")
-            if not isinstance(data, dict):
-                raise BindingError(f"service key {self.path} must hold a JSON object")
-            credentials = data
+            where = f"service key {self.path}"
+            found = _json_in_text(_read_text(self.path), where)
+            if found is None:
+                raise BindingError(
+                    f"{where} is not JSON: expected a JSON object (a service key as "
+                    "`cf service-key APP KEY` prints it, with or without its 'Getting key' "
+                    "line), or a binding directory"
+                )
+            credentials = found
         binding = parse_credentials(credentials, str(self.path))
         self._fingerprint = fingerprint
         return binding

@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
     raise ImportError("mtls_auth.httpx needs httpx: pip install mtls-auth[httpx]") from exc
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Generator
@@ -38,8 +39,9 @@ from ._certificate import CertificateSource, ClientCertificate
 from ._client import ClientState, TokenClient
 from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
 from ._http import classify_failure as _classify
+from ._idle import IdleRelease
 from ._redact import Secret, guarded, redact
-from ._rotation import CertificateFeed, PerCertificate, as_feed
+from ._rotation import CertificateFeed, PerCertificate, SharedContexts, shared_contexts
 from ._tls import Verify
 from ._token import Token
 from ._watchdog import SocketRegistry, watchdog
@@ -90,9 +92,11 @@ class _Presenting(Generic[_T]):
         **kwargs: Any,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
-        self._verify = verify
+        self._contexts = shared_contexts(certificate, key, password, verify)
+        # httpcore sets ALPN on its context: HTTP/2 transports get their own.
+        self._flavour = "httpcore-h2" if kwargs.get("http2") else "httpcore"
         self._kwargs = kwargs
-        self._transports = PerCertificate(as_feed(certificate, key, password), self._build)
+        self._transports = PerCertificate(self._contexts, self._build)
         self._transports.get()  # a bad certificate or CA fails here, not at a request
 
     def _build(self, certificate: ClientCertificate) -> _T:
@@ -125,7 +129,7 @@ class MtlsTransport(_Presenting[httpx.HTTPTransport], httpx.BaseTransport):
     """
 
     def _build(self, certificate: ClientCertificate) -> httpx.HTTPTransport:
-        return httpx.HTTPTransport(verify=certificate.ssl_context(self._verify), **self._kwargs)
+        return httpx.HTTPTransport(verify=self._contexts.get(self._flavour), **self._kwargs)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._transports.get().handle_request(request)
@@ -139,9 +143,7 @@ class AsyncMtlsTransport(_Presenting[httpx.AsyncHTTPTransport], httpx.AsyncBaseT
     """The async `MtlsTransport`, with the same arguments (`auth.async_transport()`)."""
 
     def _build(self, certificate: ClientCertificate) -> httpx.AsyncHTTPTransport:
-        return httpx.AsyncHTTPTransport(
-            verify=certificate.ssl_context(self._verify), **self._kwargs
-        )
+        return httpx.AsyncHTTPTransport(verify=self._contexts.get(self._flavour), **self._kwargs)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # Building a context loads a key: after a rotation, off the event loop.
@@ -169,9 +171,8 @@ class _LoopClients:
     dropped on the next access.
     """
 
-    def __init__(self, feed: CertificateFeed, verify: Verify) -> None:
-        self._feed = feed
-        self._verify = verify
+    def __init__(self, contexts: SharedContexts) -> None:
+        self._contexts = contexts
         self._after_fork()
         after_fork.register(self)
 
@@ -181,11 +182,37 @@ class _LoopClients:
             int,
             tuple[weakref.ref[asyncio.AbstractEventLoop], PerCertificate[httpx.AsyncClient], Any],
         ] = {}
+        self._idles: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], IdleRelease]] = {}
+
+    def idle(self) -> IdleRelease:
+        """What closes this loop's clients when nothing needs them for a while."""
+        loop = asyncio.get_running_loop()
+        known = self._idles.get(id(loop))
+        if known is not None and known[0]() is loop:
+            return known[1]
+        ref = weakref.ref(loop)
+        idle = IdleRelease(lambda: self._release(ref))
+        with self._lock:
+            self._idles[id(loop)] = (ref, idle)
+        return idle
+
+    def _release(self, ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        """From the reaper thread: have the loop close its clients (rebuilt when needed)."""
+        loop = ref()
+        entry = self._entries.get(id(loop))
+        if loop is None or entry is None or entry[0]() is not loop:
+            return
+        clients = entry[1]
+
+        async def close() -> None:
+            for client in clients.take():
+                await client.aclose()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to close
+            loop.call_soon_threadsafe(lambda: loop.create_task(close()))
 
     def _build(self, certificate: ClientCertificate) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            verify=certificate.ssl_context(self._verify), follow_redirects=False
-        )
+        return httpx.AsyncClient(verify=self._contexts.get("httpcore"), follow_redirects=False)
 
     async def get(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -203,7 +230,7 @@ class _LoopClients:
     async def _add(
         self, loop: asyncio.AbstractEventLoop
     ) -> tuple[weakref.ref[asyncio.AbstractEventLoop], PerCertificate[httpx.AsyncClient], Any]:
-        clients = PerCertificate(self._feed, self._build)
+        clients = PerCertificate(self._contexts, self._build)
         keeper = _close_with_loop(clients)
         await keeper.__anext__()  # registers it with the loop's asyncgen hooks
         entry = (weakref.ref(loop), clients, keeper)
@@ -240,14 +267,18 @@ class _HttpxSender:
     """Talks to the token endpoint of one client: an `httpx.Client`, an `AsyncClient` per loop."""
 
     def __init__(self, client: TokenClient) -> None:
-        verify = client.settings.verify
+        contexts = client.contexts
         self._sync = PerCertificate(
-            client,
-            lambda cert: httpx.Client(verify=cert.ssl_context(verify), follow_redirects=False),
+            contexts,
+            lambda _: httpx.Client(verify=contexts.get("httpcore"), follow_redirects=False),
             httpx.Client.close,
         )
+        self._sync_idle = IdleRelease(self._sync.close)
         self._sockets = SocketRegistry()
-        self._loops = _LoopClients(client, verify)
+        self._loops = _LoopClients(contexts)
+
+    def idle_for(self, in_loop: bool) -> IdleRelease:
+        return self._loops.idle() if in_loop else self._sync_idle
 
     def send(self, request: HttpRequest, state: ClientState) -> HttpResponse | TransportFailure:
         client = self._sync.get()
@@ -397,14 +428,16 @@ class MtlsOAuth2(AuthFacade, httpx.Auth):
     requires_response_body = False
 
     def transport(self, **kwargs: Any) -> MtlsTransport:
-        """An `MtlsTransport` presenting this auth's certificate, following its rotations."""
-        client = self._live()
-        return MtlsTransport(client, verify=client.settings.verify, **kwargs)
+        """An `MtlsTransport` presenting this auth's certificate, following its rotations.
+
+        It shares this auth's SSLContext (one trust store load): keyword
+        arguments (`http2`, `limits`, `proxy`, ...) go to `httpx.HTTPTransport`.
+        """
+        return MtlsTransport(self._live().contexts, **kwargs)
 
     def async_transport(self, **kwargs: Any) -> AsyncMtlsTransport:
         """An `AsyncMtlsTransport` presenting this auth's certificate, following rotations."""
-        client = self._live()
-        return AsyncMtlsTransport(client, verify=client.settings.verify, **kwargs)
+        return AsyncMtlsTransport(self._live().contexts, **kwargs)
 
     # -- the auth flows ------------------------------------------------------------
 

@@ -38,8 +38,9 @@ from ._certificate import CertificateSource, ClientCertificate
 from ._client import ClientState, TokenClient
 from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailure
 from ._http import classify_failure as _classify
+from ._idle import IdleRelease
 from ._redact import Secret, guarded, redact
-from ._rotation import CertificateFeed, PerCertificate, as_feed
+from ._rotation import CertificateFeed, PerCertificate, shared_contexts
 from ._tls import Verify
 from ._token import Token
 from ._watchdog import SocketRegistry, watchdog
@@ -92,12 +93,10 @@ class MtlsAdapter(HTTPAdapter):
         **kwargs: Any,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
-        # One context per adapter and certificate: urllib3 mutates the context
-        # it is given.
-        self._contexts = PerCertificate(
-            as_feed(certificate, key, password), lambda cert: cert.ssl_context(verify)
-        )
-        self._ssl_context = self._contexts.get()
+        # urllib3 sets verify mode and ALPN on the context it is given, always
+        # alike: adapters of one auth share its "urllib3" context.
+        self._contexts = shared_contexts(certificate, key, password, verify)
+        self._ssl_context = self._contexts.get("urllib3")
         self._swap_lock = threading.Lock()
         super().__init__(**kwargs)
         after_fork.register(self)
@@ -122,7 +121,7 @@ class MtlsAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **pool_kwargs)
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        context = self._contexts.get()
+        context = self._contexts.get("urllib3")
         if context is not self._ssl_context:
             self._use(context)
         return super().send(request, *args, **kwargs)
@@ -206,9 +205,13 @@ class _RequestsSender:
     """Talks to the token endpoint of one client with a pooled `requests.Session`."""
 
     def __init__(self, client: TokenClient) -> None:
-        self._verify = client.settings.verify
+        self._contexts = client.contexts
         self._token_url = client.state.token_url
         self._sessions = PerCertificate(client, self._session, requests.Session.close)
+        self._idle = IdleRelease(self._sessions.close)
+
+    def idle_for(self, in_loop: bool) -> IdleRelease:
+        return self._idle  # async fetches run the sync exchange in a thread
 
     def _session(self, certificate: ClientCertificate) -> requests.Session:
         session = requests.Session()
@@ -217,7 +220,7 @@ class _RequestsSender:
         # respected.
         session.trust_env = False
         session.proxies.update(requests.utils.get_environ_proxies(self._token_url))
-        session.mount("https://", _TokenAdapter(certificate, verify=self._verify))
+        session.mount("https://", _TokenAdapter(self._contexts))
         session.mount("http://", HTTPAdapter(max_retries=0))
         return session
 
@@ -309,8 +312,7 @@ class MtlsOAuth2(AuthFacade, requests.auth.AuthBase):
 
     def adapter(self, **kwargs: Any) -> MtlsAdapter:
         """An `MtlsAdapter` presenting this auth's certificate, following its rotations."""
-        client = self._live()
-        return MtlsAdapter(client, verify=client.settings.verify, **kwargs)
+        return MtlsAdapter(self._live().contexts, **kwargs)
 
     # -- signing -------------------------------------------------------------------
 

@@ -140,7 +140,7 @@ def credstore_session(
     assert binding_used is not None
     session = CredstoreSession(url)
     session.auth = auth
-    feed = auth._live()  # the adapter follows the auth's certificate rotations
+    feed = auth._live().contexts  # the adapter follows the auth's certificate rotations
     if binding_used.encryption or client_private_key is not None:
         cipher = PayloadCipher.from_encryption(
             binding_used.encryption, client_private_key=client_private_key

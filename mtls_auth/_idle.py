@@ -1,0 +1,135 @@
+"""Letting go of token-endpoint connections that nothing will need for a while.
+
+A token lives for minutes to hours; servers close idle keep-alive connections
+after seconds (nginx 75 s, many load balancers 60 s or less). Keeping the
+connection to the token endpoint open between refreshes holds a socket (and a
+server slot) per auth object for nothing. So after a fetch, when the next
+refresh is further away than `HORIZON`, the sender's connections are closed
+once `HORIZON` seconds pass without another fetch; fetches that come close
+together (frequent refreshes, a burst of tenant or user tokens) keep reusing
+the connection.
+
+One daemon thread for the whole process (`_Reaper`, started on first use)
+calls `IdleRelease.fire` at the right time; a sync sender then closes its
+session or client, an async one has its event loop close that loop's client
+(``call_soon_threadsafe``). Nothing is closed while a fetch is using the
+connection, and what is closed is rebuilt on the next fetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import threading
+import time
+import weakref
+from typing import Callable
+
+from . import _after_fork as after_fork
+
+__all__ = ["HORIZON", "IdleRelease"]
+
+#: Seconds without a fetch after which an idle token-endpoint connection is closed,
+#: when no refresh is due sooner.
+HORIZON = 30.0
+
+
+class IdleRelease:
+    """Decides when one sender's connections go: `begin`/`end` around each fetch."""
+
+    __slots__ = ("__weakref__", "_active", "_lock", "_release", "_round", "horizon")
+
+    def __init__(self, release: Callable[[], object], horizon: float = HORIZON) -> None:
+        self._release = release
+        self.horizon = horizon
+        self._lock = threading.Lock()
+        self._active = 0
+        #: Bumped by every fetch: a release armed before it is stale.
+        self._round = 0
+        after_fork.register(self)
+
+    def begin(self) -> None:
+        with self._lock:
+            self._active += 1
+            self._round += 1
+
+    def end(self, quiet_for: float | None) -> None:
+        """A fetch ended; `quiet_for` is how long no refresh is due (None: unknown)."""
+        with self._lock:
+            self._active -= 1
+            armed = self._round
+        if quiet_for is not None and quiet_for > self.horizon:
+            _reaper().schedule(self.horizon, self, armed)
+
+    def fire(self, armed: int) -> None:
+        """Release, unless a fetch ran since `armed` or one is running."""
+        with self._lock:
+            if self._active or self._round != armed:
+                return
+            self._round += 1
+        self._release()
+
+    def _after_fork(self) -> None:
+        # In a forked child: the fetches counted here ran in threads it lacks.
+        self._lock = threading.Lock()
+        self._active = 0
+
+
+class _Reaper:
+    """One thread that fires the releases of every sender in the process, when due."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, weakref.ref[IdleRelease], int]] = []
+        self._counter = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, delay: float, release: IdleRelease, armed: int) -> None:
+        with self._condition:
+            entry = (time.monotonic() + delay, next(self._counter), weakref.ref(release), armed)
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mtls-auth-idle-connections", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._condition.wait(timeout)
+                _, _, ref, armed = heapq.heappop(self._heap)
+            release = ref()
+            if release is not None:
+                # Closing must never kill the reaper: whatever it raises is dropped.
+                with contextlib.suppress(Exception):
+                    release.fire(armed)
+
+
+_instance: _Reaper | None = None
+_instance_lock = threading.Lock()
+
+
+def _reaper() -> _Reaper:
+    global _instance
+    if _instance is None:
+        with _instance_lock:
+            if _instance is None:
+                _instance = _Reaper()
+    return _instance
+
+
+def _forget_reaper() -> None:
+    # A forked child has no reaper thread: it starts its own when needed.
+    global _instance, _instance_lock
+    _instance = None
+    _instance_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_reaper)
