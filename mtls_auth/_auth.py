@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import time
+import types
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any, Callable, TypeVar, cast
 
@@ -52,6 +54,22 @@ class AuthFacade:
     _request: TokenRequest
     _keyed: tuple[ClientState, tuple[Any, ...]] | None = None
     _memo: dict[Hashable, AuthFacade] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The public methods live here, but a user calls MtlsOAuth2: Python names
+        # the function's class in argument errors ("...__init__() got an
+        # unexpected keyword argument"), so each subclass gets copies under its
+        # own name.
+        for name, member in AuthFacade.__dict__.items():
+            if name.startswith("_") and name != "__init__":
+                continue
+            if name in cls.__dict__:
+                continue
+            if isinstance(member, classmethod):
+                setattr(cls, name, classmethod(_named(member.__func__, cls.__name__)))
+            elif inspect.isfunction(member):
+                setattr(cls, name, _named(member, cls.__name__))
 
     @guarded
     def __init__(
@@ -466,3 +484,24 @@ class AuthFacade:
             f"{type(self).__name__} holds a private key and an access token and cannot be "
             "pickled; build a new one in the other process"
         )
+
+
+def _named(function: Callable[..., Any], owner: str) -> Callable[..., Any]:
+    """A copy of `function` (and of the guard around it) named as a method of `owner`."""
+    inner = getattr(function, "__wrapped__", None)
+    target = inner if inner is not None else function
+    copy = types.FunctionType(
+        target.__code__,
+        target.__globals__,
+        target.__name__,
+        target.__defaults__,
+        target.__closure__,
+    )
+    copy.__kwdefaults__ = target.__kwdefaults__
+    copy.__qualname__ = f"{owner}.{target.__name__}"
+    copy.__doc__ = target.__doc__
+    copy.__module__ = target.__module__
+    copy.__annotations__ = target.__annotations__
+    if inner is None:
+        return copy
+    return aguarded(copy) if inspect.iscoroutinefunction(target) else guarded(copy)
