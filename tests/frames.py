@@ -62,6 +62,10 @@ def _callers(filename: str) -> bool:
     return f"{os.sep}tests{os.sep}" in filename
 
 
+def _ours(filename: str) -> bool:
+    return f"{os.sep}mtls_auth{os.sep}" in filename
+
+
 def leaks(error: BaseException, secrets: Iterable[str]) -> list[str]:
     """Where a secret shows in the frames captured for `error`: '<frame>: <local>...'."""
     wanted = [s for s in secrets if s]
@@ -71,27 +75,35 @@ def leaks(error: BaseException, secrets: Iterable[str]) -> list[str]:
         while tb is not None:
             frame = tb.tb_frame
             code = frame.f_code
-            if not _callers(code.co_filename):
+            # The library's frames are searched deeply. The HTTP libraries'
+            # frames hold the request they send, Authorization header included,
+            # as for any auth: reporters render those by repr (checked below).
+            if _ours(code.co_filename) and not _callers(code.co_filename):
                 where = f"{code.co_filename.rsplit(os.sep, 1)[-1]}:{code.co_name}"
                 for name, value in list(frame.f_locals.items()):
                     found += [f"{where}: {p}" for p in _find(value, wanted, name, 0, set())]
             tb = tb.tb_next
-    # What a report renders, too: each frame's locals as TracebackException shows them.
-    report: traceback.TracebackException | None = traceback.TracebackException.from_exception(
-        error, capture_locals=True
-    )
-    while report is not None:
-        for summary in report.stack:
-            if _callers(summary.filename):
+    # What a report renders, too: each local's repr, as TracebackException
+    # (capture_locals) and Sentry show them; a repr that fails shows nothing
+    # (a deeply nested JSON value exceeds the recursion limit, say).
+    for current in chain(error):
+        for frame, _ in traceback.walk_tb(current.__traceback__):
+            if _callers(frame.f_code.co_filename):
                 continue
-            shown = " ".join((summary.locals or {}).values())
+            shown = " ".join(_rendered(value) for value in list(frame.f_locals.values()))
             found += [
-                f"rendered {summary.name}: secret #{index}"
+                f"rendered {frame.f_code.co_name}: secret #{index}"
                 for index, secret in enumerate(wanted)
                 if secret in shown
             ]
-        report = report.__cause__ or report.__context__
     return found
+
+
+def _rendered(value: Any) -> str:
+    try:
+        return repr(value)
+    except (Exception, RecursionError):  # noqa: BLE001 - shown as nothing, as reporters do
+        return ""
 
 
 def _find(value: Any, secrets: list[str], path: str, depth: int, seen: set[int]) -> Iterator[str]:

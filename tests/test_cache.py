@@ -1,6 +1,6 @@
 """Refresh policy and single-flight token cache, for threads and coroutines.
 
-A fake clock decides freshness; threads and coroutines are coordinated with
+The test kit's `FakeClock` decides freshness; threads and coroutines are coordinated with
 events, barriers and a count of the cache's decisions, never by sleeping.
 """
 
@@ -17,23 +17,11 @@ import pytest
 from mtls_auth._cache import Freshness, RefreshPolicy, TokenCache
 from mtls_auth._errors import TokenError, TokenRequestError, TokenResponseError
 from mtls_auth._token import Token
+from mtls_auth.testing import FakeClock
 
 KEY = ("https://auth.cert.example.com/oauth/token", "sb-client!t1", None, None, ())
 OTHER_KEY = ("https://auth.cert.example.com/oauth/token", "sb-client!t1", "ns2", None, ())
 WAIT = 5.0  # seconds any real wait may take before the test calls it a hang
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_token(issued_at: float = 0.0, lifetime: float = 1800.0, value: str = "t") -> Token:
@@ -249,7 +237,7 @@ def test_zero_lifetime_token_is_expired_at_once() -> None:
 
 
 def test_get_fetches_once_while_fresh() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
     fetch = SyncFetch(clock)
     assert cache.current(KEY) is None
@@ -269,7 +257,7 @@ def test_get_fetches_once_while_fresh() -> None:
 
 
 def test_get_stale_refreshes_exactly_once() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     fetch = SyncFetch(clock)
     first = cache.get(KEY, fetch)
@@ -288,7 +276,7 @@ def test_get_stale_refreshes_exactly_once() -> None:
 
 
 def test_get_stale_others_keep_old_token_while_one_refreshes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     old = cache.get(KEY, SyncFetch(clock))
     clock.advance(1750.0)
@@ -319,7 +307,7 @@ def test_get_stale_others_keep_old_token_while_one_refreshes() -> None:
 
 @pytest.mark.parametrize("state", ["absent", "expired"])
 def test_get_32_threads_one_fetch(state: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     if state == "expired":
         cache.get(KEY, SyncFetch(clock, name="old"))
@@ -339,7 +327,7 @@ def test_get_32_threads_one_fetch(state: str) -> None:
 
 
 def test_get_32_threads_shared_failure() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     error = TokenResponseError(
         "token endpoint answered HTTP 401 (invalid_client)", status_code=401, error="invalid_client"
@@ -361,7 +349,7 @@ def test_get_32_threads_shared_failure() -> None:
 
 
 def test_get_interrupted_fetch_gives_waiters_an_ordinary_error() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     fetch = SyncFetch(clock, error=KeyboardInterrupt(), before=lambda: cache.wait_decisions(4))
     results = run_threads(4, lambda: cache.get(KEY, fetch))
@@ -376,7 +364,7 @@ def test_get_failed_stale_refresh_keeps_old_token_and_backs_off(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mtls_auth")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     policy = RefreshPolicy(retry_stale_after=5.0)
     cache = TokenCache(clock=clock, policy=policy)
     old = cache.get(KEY, SyncFetch(clock, name="secret-old-value"))
@@ -387,7 +375,7 @@ def test_get_failed_stale_refresh_keeps_old_token_and_backs_off(
     assert failing.calls == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert warnings[0].name == "mtls_auth"
+    assert warnings[0].name.startswith("mtls_auth.")
     assert "unreachable" in warnings[0].getMessage()
     assert "secret-old-value" not in caplog.text
     assert_unlocked(cache)
@@ -413,7 +401,7 @@ def test_get_failed_stale_refresh_keeps_old_token_and_backs_off(
 
 
 def test_get_failed_refresh_after_expiry_raises() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
     cache.get(KEY, SyncFetch(clock))
     clock.advance(1800.0)
@@ -423,7 +411,7 @@ def test_get_failed_refresh_after_expiry_raises() -> None:
 
 
 def test_invalidate_only_the_current_token() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
     fetch = SyncFetch(clock)
     first = cache.get(KEY, fetch)
@@ -453,7 +441,7 @@ def test_invalidate_only_the_current_token() -> None:
 
 
 def test_invalidate_resets_stale_backoff() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
     old = cache.get(KEY, SyncFetch(clock))
     clock.advance(1750.0)
@@ -464,7 +452,7 @@ def test_invalidate_resets_stale_backoff() -> None:
 
 
 def test_each_key_has_its_own_token() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
     fetch = SyncFetch(clock)
     first = cache.get(KEY, fetch)
@@ -480,7 +468,7 @@ def test_each_key_has_its_own_token() -> None:
 
 
 def test_key_mismatch_waits_then_fetches_its_own() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     gate = threading.Event()
     fetch_a = SyncFetch(clock, gate=gate, name="a")
@@ -497,7 +485,7 @@ def test_key_mismatch_waits_then_fetches_its_own() -> None:
 
 
 def test_key_mismatch_does_not_inherit_another_keys_failure() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     gate = threading.Event()
     fetch_a = SyncFetch(clock, gate=gate, error=TokenRequestError("old certificate revoked"))
@@ -517,7 +505,7 @@ def test_key_mismatch_does_not_inherit_another_keys_failure() -> None:
 
 
 def test_aget_200_coroutines_one_fetch() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     fetch = AsyncFetch(clock, yields=10)
 
@@ -534,7 +522,7 @@ def test_aget_200_coroutines_one_fetch() -> None:
 
 
 def test_aget_fresh_hot_path_and_shared_failure() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     failing = AsyncFetch(clock, error=TokenResponseError("HTTP 400", status_code=400))
     good = AsyncFetch(clock, name="good")
@@ -556,7 +544,7 @@ def test_aget_fresh_hot_path_and_shared_failure() -> None:
 
 
 def test_aget_cancelled_initiator_does_not_strand_others() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
 
     async def main() -> tuple[list[Token], AsyncFetch]:
@@ -592,7 +580,7 @@ def test_aget_cancelled_initiator_does_not_strand_others() -> None:
 
 
 def test_aget_cancelled_waiter_does_not_disturb_others() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
 
     async def main() -> None:
@@ -614,7 +602,7 @@ def test_aget_cancelled_waiter_does_not_disturb_others() -> None:
 
 
 def test_aget_cancelled_fetch_task_fails_waiters_and_frees_the_flight() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
 
     async def main() -> None:
@@ -642,7 +630,7 @@ def test_aget_cancelled_fetch_task_fails_waiters_and_frees_the_flight() -> None:
 
 
 def test_aget_stale_others_keep_old_token() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
 
     async def main() -> None:
@@ -676,7 +664,7 @@ def test_aget_stale_others_keep_old_token() -> None:
 
 def test_aget_failed_stale_refresh_keeps_old_token(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="mtls_auth")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
 
     async def main() -> None:
@@ -696,7 +684,7 @@ def test_aget_failed_stale_refresh_keeps_old_token(caplog: pytest.LogCaptureFixt
 
 
 def test_thread_waits_for_a_coroutines_fetch_on_another_loop() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
@@ -731,7 +719,7 @@ def test_thread_waits_for_a_coroutines_fetch_on_another_loop() -> None:
 
 
 def test_coroutine_waits_for_a_threads_fetch() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
     gate = threading.Event()
     sfetch = SyncFetch(clock, gate=gate)
@@ -760,7 +748,7 @@ def test_coroutine_waits_for_a_threads_fetch() -> None:
 
 
 def test_sync_get_inside_the_loop_running_the_fetch_does_not_deadlock() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CountingCache(clock=clock)
 
     async def main() -> None:
@@ -780,7 +768,7 @@ def test_sync_get_inside_the_loop_running_the_fetch_does_not_deadlock() -> None:
 
 
 def test_fetch_task_cancelled_before_it_starts_does_not_poison_the_cache() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = TokenCache(clock=clock)
     fetch = AsyncFetch(clock)
 
@@ -791,7 +779,8 @@ def test_fetch_task_cancelled_before_it_starts_does_not_poison_the_cache() -> No
         assert flight is not None
         assert flight.task is not None
         flight.task.cancel()  # as the loop's shutdown would, before the task first ran
-        with pytest.raises(asyncio.CancelledError):
+        # The initiator was not cancelled itself: it hears of an interrupted fetch.
+        with pytest.raises(TokenRequestError, match="interrupted"):
             await initiator
 
     asyncio.run(shut_down_mid_fetch())

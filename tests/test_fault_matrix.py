@@ -20,28 +20,26 @@ The README's fault table is generated from `ROWS`::
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import httpx
 import pytest
-import requests
+from clients import CLIENT_NAMES, Client
 
-import mtls_auth.httpx as mhttpx
-import mtls_auth.requests as mrequests
 from mtls_auth import TokenRequestError, TokenResponseError
 from mtls_auth._http import MAX_RESPONSE_BYTES
 from mtls_auth._retry import RetryPolicy
 from mtls_auth._token import MAX_LIFETIME
 from mtls_auth.testing import PKI, Credential, Fault, TokenServer
+from mtls_auth.testing.plugin import CLIENT_ID
 
-CLIENT_ID = "sb-client!t1"
 POLICY = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.2, max_retry_after=0.5)
 #: Default deadline of one token fetch (the auth's ``timeout=``), and the slack allowed.
 TIMEOUT = 2.0
@@ -91,7 +89,7 @@ class Row:
     timeout: float = TIMEOUT
     #: Success rows: the token's lifetime as the cache believes it.
     lifetime: float | None = None
-    #: flavor name -> bug description; the row is a strict xfail for that flavor.
+    #: client name -> bug description; the row is a strict xfail for that client.
     bugs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -390,118 +388,6 @@ def markdown_table(rows: list[Row] = ROWS) -> str:
     return "\n".join(lines)
 
 
-# -- the three clients ----------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    status: int | None
-    error: BaseException | None
-    elapsed: float
-
-
-class Flavor:
-    """One HTTP client library making a resource request through MtlsOAuth2."""
-
-    name: str
-
-    def __init__(self, server: TokenServer, credential: Credential) -> None:
-        self.server = server
-        self.credential = credential
-
-    def kwargs(self, **overrides: Any) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "token_url": self.server.token_url,
-            "client_id": CLIENT_ID,
-            "certificate": self.credential.chain_pem,
-            "key": self.credential.key_pem,
-            "verify": self.server.ca_pem,
-            "retry": POLICY,
-            "timeout": TIMEOUT,
-        }
-        kwargs.update(overrides)
-        return kwargs
-
-    def auth(self, **overrides: Any) -> Any:
-        raise NotImplementedError
-
-    def get(self, auth: Any, url: str) -> int:
-        raise NotImplementedError
-
-    def call(self, auth: Any) -> Outcome:
-        started = time.monotonic()
-        try:
-            status: int | None = self.get(auth, self.server.resource_url)
-            error: BaseException | None = None
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
-            status, error = None, exc
-        return Outcome(status, error, time.monotonic() - started)
-
-
-class RequestsFlavor(Flavor):
-    name = "requests"
-
-    def auth(self, **overrides: Any) -> mrequests.MtlsOAuth2:
-        return mrequests.MtlsOAuth2(**self.kwargs(**overrides))
-
-    def get(self, auth: Any, url: str) -> int:
-        with requests.Session() as session:
-            session.auth = auth
-            # The server asks every connection for a certificate.
-            session.mount(
-                self.server.url,
-                mrequests.MtlsAdapter(
-                    self.credential.chain_pem, self.credential.key_pem, verify=self.server.ca_pem
-                ),
-            )
-            try:
-                return session.get(url, timeout=10).status_code
-            finally:
-                auth.close()
-
-
-class HttpxSyncFlavor(Flavor):
-    name = "httpx-sync"
-
-    def auth(self, **overrides: Any) -> mhttpx.MtlsOAuth2:
-        return mhttpx.MtlsOAuth2(**self.kwargs(**overrides))
-
-    def get(self, auth: Any, url: str) -> int:
-        transport = mhttpx.MtlsTransport(
-            self.credential.chain_pem, self.credential.key_pem, verify=self.server.ca_pem
-        )
-        with httpx.Client(auth=auth, transport=transport, timeout=10) as client:
-            try:
-                return client.get(url).status_code
-            finally:
-                auth.close()
-
-
-class HttpxAsyncFlavor(Flavor):
-    name = "httpx-async"
-
-    def auth(self, **overrides: Any) -> mhttpx.MtlsOAuth2:
-        return mhttpx.MtlsOAuth2(**self.kwargs(**overrides))
-
-    def get(self, auth: Any, url: str) -> int:
-        async def main() -> int:
-            transport = mhttpx.AsyncMtlsTransport(
-                self.credential.chain_pem, self.credential.key_pem, verify=self.server.ca_pem
-            )
-            async with httpx.AsyncClient(auth=auth, transport=transport, timeout=10) as client:
-                try:
-                    return (await client.get(url)).status_code
-                finally:
-                    await auth.aclose()
-
-        return asyncio.run(main())
-
-
-FLAVORS: dict[str, type[Flavor]] = {
-    cls.name: cls for cls in (RequestsFlavor, HttpxSyncFlavor, HttpxAsyncFlavor)
-}
-
-
 # -- fixtures -------------------------------------------------------------------------
 
 
@@ -515,8 +401,46 @@ class Scenery:
 
 
 @pytest.fixture(scope="module")
-def scenery(pki: PKI) -> Scenery:
-    return Scenery(pki.expired_server(), pki.wrong_host_server(), pki.untrusted_client("stranger"))
+def scenery(mtls_pki: PKI) -> Scenery:
+    return Scenery(
+        mtls_pki.expired_server(),
+        mtls_pki.wrong_host_server(),
+        mtls_pki.untrusted_client("stranger"),
+    )
+
+
+@pytest.fixture
+def mtls_server(
+    row: Row, mtls_pki: PKI, mtls_client_certificate: Credential, scenery: Scenery
+) -> Iterator[TokenServer]:
+    """Overrides the kit's server for this module: one per row, on the wall clock.
+
+    Built from the kit's `TokenServer` as the ``mtls_server`` fixture builds
+    it, with the row's server certificate and, where the server rejects the
+    client's certificate, a lingering close. Its clock is the wall clock (not
+    ``mtls_clock``): the arrival times of the attempts are what the backoff
+    checks measure.
+    """
+    server_credential = {
+        "expired_server": scenery.expired_server,
+        "wrong_host": scenery.wrong_host_server,
+    }.get(row.scene)
+    # With TLS 1.3 the client sends its request before the server has checked
+    # its certificate; an immediate close then resets the connection and the
+    # alert can be lost (see test_lost_tls_alert_is_tls_closed_on_httpx_async).
+    # The lingering close makes "the server rejected the handshake" deterministic.
+    linger = 1.0 if row.scene == "untrusted_client" else 0.0
+    with TokenServer(
+        mtls_pki, server_credential=server_credential, handshake_linger=linger
+    ) as server:
+        server.register_client(CLIENT_ID, mtls_client_certificate)
+        yield server
+
+
+@pytest.fixture
+def client(client: Client) -> Client:
+    """The shared three-client harness with the matrix's retry policy and deadline."""
+    return client.bind(retry=POLICY, timeout=TIMEOUT)
 
 
 def _closed_port() -> int:
@@ -536,16 +460,17 @@ def retry_log(caplog: pytest.LogCaptureFixture) -> Callable[[], list[float]]:
         return [
             record.created - started_wall + started_mono
             for record in caplog.records
-            if record.name == "mtls_auth" and "; retry " in record.getMessage()
+            if record.name.startswith("mtls_auth.") and "; retry " in record.getMessage()
         ]
 
     return retries
 
 
 def _cases() -> list[Any]:
+    """(row, client) pairs with the ids ``<row>-<client>``; a row's known bugs are strict xfails."""
     cases = []
     for row in ROWS:
-        for name in FLAVORS:
+        for name in CLIENT_NAMES:
             marks = []
             if name in row.bugs:
                 marks.append(pytest.mark.xfail(reason=f"BUG: {row.bugs[name]}", strict=True))
@@ -572,100 +497,89 @@ def _wait_for(predicate: Callable[[], bool], seconds: float = 3.0) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("row", "flavor_name"), _cases())
+@pytest.mark.parametrize(("row", "client"), _cases(), indirect=["client"])
 def test_fault_matrix(
     row: Row,
-    flavor_name: str,
-    pki: PKI,
-    client_credential: Credential,
+    client: Client,
+    mtls_server: TokenServer,
+    mtls_pki: PKI,
+    mtls_client_certificate: Credential,
     scenery: Scenery,
     retry_log: Callable[[], list[float]],
 ) -> None:
-    server_credential = {
-        "expired_server": scenery.expired_server,
-        "wrong_host": scenery.wrong_host_server,
-    }.get(row.scene)
-    # With TLS 1.3 the client sends its request before the server has checked
-    # its certificate; an immediate close then resets the connection and the
-    # alert can be lost (see test_lost_tls_alert_is_tls_closed_on_httpx_async).
-    # The lingering close makes "the server rejected the handshake" deterministic.
-    linger = 1.0 if row.scene == "untrusted_client" else 0.0
-    with TokenServer(pki, server_credential=server_credential, handshake_linger=linger) as server:
-        server.register_client(CLIENT_ID, client_credential)
-        flavor = FLAVORS[flavor_name](server, client_credential)
-        overrides: dict[str, Any] = {"timeout": row.timeout}
-        subject = client_credential.subject
-        if row.scene == "refused":
-            overrides["token_url"] = f"https://localhost:{_closed_port()}/oauth/token"
-        elif row.scene == "untrusted_client":
-            overrides["certificate"] = scenery.stranger.chain_pem
-            overrides["key"] = scenery.stranger.key_pem
-            subject = scenery.stranger.subject
-        elif row.scene == "unknown_ca":
-            overrides["verify"] = pki.untrusted_root.cert_pem
-        if row.fault is not None:
-            server.inject(row.fault(), times=row.times)
-        if row.error is None:
-            # The token is made up: the resource answers 200 whatever it carries.
-            server.inject(Fault.body(b'{"ok": true}'), path="/resource")
-        auth = flavor.auth(**overrides)
-        token_url = overrides.get("token_url", server.token_url)
+    overrides: dict[str, Any] = {"timeout": row.timeout}
+    subject = mtls_client_certificate.subject
+    if row.scene == "refused":
+        overrides["token_url"] = f"https://localhost:{_closed_port()}/oauth/token"
+    elif row.scene == "untrusted_client":
+        overrides["certificate"] = scenery.stranger.chain_pem
+        overrides["key"] = scenery.stranger.key_pem
+        subject = scenery.stranger.subject
+    elif row.scene == "unknown_ca":
+        overrides["verify"] = mtls_pki.untrusted_root.cert_pem
+    if row.fault is not None:
+        mtls_server.inject(row.fault(), times=row.times)
+    if row.error is None:
+        # The token is made up: the resource answers 200 whatever it carries.
+        mtls_server.inject(Fault.body(b'{"ok": true}'), path="/resource")
+    auth = client.auth(**overrides)
+    token_url = overrides.get("token_url", mtls_server.token_url)
 
-        outcome = flavor.call(auth)
+    outcome = client.call(auth)
 
-        # 1. every call returns within its deadline
-        assert outcome.elapsed < row.timeout + MARGIN, (
-            f"{flavor_name} took {outcome.elapsed:.2f}s with timeout={row.timeout}"
-        )
-        # 2. the outcome and its message
-        if row.error is None:
-            assert outcome.error is None, repr(outcome.error)
-            assert outcome.status == 200
-            token = auth._client.cache.current(auth._key())
-            assert token is not None
-            assert token.lifetime == row.lifetime
-        else:
-            error = outcome.error
-            assert type(error) is row.error, repr(error)
-            message = str(error)
-            assert token_url in message
-            assert row.fragment in message
-            if row.names_subject:
-                assert subject in message
-            if row.kind is not None:
-                assert isinstance(error, TokenRequestError)
-                # A connection cut mid-TLS-record is "tls_closed" for some stacks
-                # (anyio on Python 3.9): the same retryable family as "connect".
-                same = {"connect", "tls_closed"} if row.kind == "connect" else {row.kind}
-                assert error.kind in same
-            if row.status is not None:
-                assert isinstance(error, TokenResponseError)
-                assert error.status_code == row.status
-            if row.attempts > 1:
-                assert f"gave up after {row.attempts} attempts" in message
-        # 3. no retry storm: exactly the expected attempts, seen from both ends
-        retries = retry_log()
-        assert len(retries) == row.attempts - 1, f"{len(retries)} retries logged"
-        requests_seen = server.token_requests
-        assert len(requests_seen) == row.seen
-        # 4. backoff observed, at the server (arrival times) or at the client
-        times = [r.time for r in requests_seen]
-        if row.seen > 1:
-            for attempt, (earlier, later) in enumerate(zip(times, times[1:]), start=1):
-                assert later - earlier >= _min_gap(row, attempt) - EPSILON, times
-        elif row.attempts > 1:
-            minimum = sum(_min_gap(row, n) for n in range(1, row.attempts))
-            assert outcome.elapsed >= minimum - EPSILON
-        # 5. streamed faults: the server stopped as soon as the client went away
-        if row.id in ("1gb-body", "slow-loris"):
-            assert _wait_for(lambda: len(server.fault_streams) == 1), server.fault_streams
-            (stream,) = server.fault_streams
-            assert stream.ended == "client", stream
-            if row.id == "1gb-body":
-                # The client stopped at its cap, plus what was in flight.
-                assert stream.bytes_sent < MAX_RESPONSE_BYTES * 16, stream
-        if row.scene == "untrusted_client":
-            assert _wait_for(lambda: bool(server.handshake_failures)), "no handshake refused"
+    # 1. every call returns within its deadline
+    assert outcome.elapsed < row.timeout + MARGIN, (
+        f"{client.name} took {outcome.elapsed:.2f}s with timeout={row.timeout}"
+    )
+    # 2. the outcome and its message
+    if row.error is None:
+        assert outcome.error is None, repr(outcome.error)
+        assert outcome.status == 200
+        token = auth._client.cache.current(auth._key())
+        assert token is not None
+        assert token.lifetime == row.lifetime
+    else:
+        error = outcome.error
+        assert type(error) is row.error, repr(error)
+        message = str(error)
+        assert token_url in message
+        assert row.fragment in message
+        if row.names_subject:
+            assert subject in message
+        if row.kind is not None:
+            assert isinstance(error, TokenRequestError)
+            # A connection cut mid-TLS-record is "tls_closed" for some stacks
+            # (anyio on Python 3.9): the same retryable family as "connect".
+            same = {"connect", "tls_closed"} if row.kind == "connect" else {row.kind}
+            assert error.kind in same
+        if row.status is not None:
+            assert isinstance(error, TokenResponseError)
+            assert error.status_code == row.status
+        if row.attempts > 1:
+            assert f"gave up after {row.attempts} attempts" in message
+    # 3. no retry storm: exactly the expected attempts, seen from both ends
+    retries = retry_log()
+    assert len(retries) == row.attempts - 1, f"{len(retries)} retries logged"
+    requests_seen = mtls_server.token_requests
+    assert len(requests_seen) == row.seen
+    # 4. backoff observed, at the server (arrival times) or at the client
+    times = [r.time for r in requests_seen]
+    if row.seen > 1:
+        for attempt, (earlier, later) in enumerate(zip(times, times[1:]), start=1):
+            assert later - earlier >= _min_gap(row, attempt) - EPSILON, times
+    elif row.attempts > 1:
+        minimum = sum(_min_gap(row, n) for n in range(1, row.attempts))
+        assert outcome.elapsed >= minimum - EPSILON
+    # 5. streamed faults: the server stopped as soon as the client went away
+    if row.id in ("1gb-body", "slow-loris"):
+        assert _wait_for(lambda: len(mtls_server.fault_streams) == 1), mtls_server.fault_streams
+        (stream,) = mtls_server.fault_streams
+        assert stream.ended == "client", stream
+        if row.id == "1gb-body":
+            # The client stopped at its cap, plus what was in flight.
+            assert stream.bytes_sent < MAX_RESPONSE_BYTES * 16, stream
+    if row.scene == "untrusted_client":
+        assert _wait_for(lambda: bool(mtls_server.handshake_failures)), "no handshake refused"
 
 
 def test_lost_tls_alert_is_tls_closed_on_httpx_async() -> None:

@@ -46,6 +46,7 @@ from mtls_auth.testing import (
     write_kubernetes_binding,
     xsuaa_service_key,
 )
+from mtls_auth.testing._credstore_api import CredstoreApi
 from mtls_auth.testing.plugin import CLIENT_ID
 
 MODULES = [mrequests, mhttpx]
@@ -77,18 +78,37 @@ def _without(data: dict[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != name}
 
 
+_KEYS: dict[int, tuple[Credential, dict[str, str], str]] = {}
+
+
+def _keys(pki: PKI) -> tuple[Credential, dict[str, str], str]:
+    """An expired client, a Credential Store encryption block and a stray key: made once.
+
+    RSA key generation is the whole cost of these cases; the server (and so the
+    bindings' URLs) is new for each test, the keys need not be.
+    """
+    if id(pki) not in _KEYS:
+        encryption = CredstoreApi().encryption_block()
+        _KEYS[id(pki)] = (pki.expired_client("expired"), encryption, pki.mismatched_key())
+    return _KEYS[id(pki)]
+
+
 def _bad_bindings(server: TokenServer, credential: Credential, pki: PKI) -> dict[str, Any]:
     good = xsuaa_service_key(server, credential, CLIENT_ID)
-    expired = pki.expired_client("expired")
+    expired, encryption, stray_key = _keys(pki)
     return {
         "secret credential-type": {**good, "credential-type": "binding-secret"},
         "unknown credential-type": {**good, "credential-type": "x509_attested_v9"},
         "missing clientid": _without(good, "clientid"),
         "missing certificate": _without(good, "certificate"),
         "bad certurl": {**good, "certurl": "https://[::1"},
-        "expired credstore": credstore_service_key(server, expired, "cs-client"),
-        "credstore without namespace": credstore_service_key(server, credential, "cs-client"),
-        "key of another certificate": {**good, "key": pki.mismatched_key()},
+        "expired credstore": credstore_service_key(
+            server, expired, "cs-client", encryption=encryption
+        ),
+        "credstore without namespace": credstore_service_key(
+            server, credential, "cs-client", encryption=encryption
+        ),
+        "key of another certificate": {**good, "key": stray_key},
     }
 
 
@@ -340,9 +360,38 @@ def test_the_scanner_finds_what_it_looks_for(mtls_client_certificate: Credential
         "    holder = {'nested': [Box(secret)]}\n"
         "    raise ValueError('boom')\n"
     )
-    exec(compile(library_like, os.path.join(os.sep, "lib", "leaky.py"), "exec"), namespace)
+    # A file of the library: its frames are searched deeply.
+    where = os.path.join(os.sep, "site-packages", "mtls_auth", "leaky.py")
+    exec(compile(library_like, where, "exec"), namespace)
     try:
         namespace["leaky"](secret_line)
     except ValueError as exc:
         found = leaks(exc, [secret_line])
     assert any("leaky.py:leaky: holder" in place for place in found), found
+
+
+def test_other_libraries_frames_are_checked_as_reporters_render_them(
+    mtls_client_certificate: Credential,
+) -> None:
+    """An HTTP library's frame: not searched deeply (it holds the request it
+    sends, as for any auth), but what a reporter renders (each local's repr) is."""
+    secret_line = key_lines(mtls_client_certificate.private_key)[3]
+    namespace: dict[str, Any] = {}
+    code = (
+        "class Request:\n"
+        "    def __init__(self, header):\n"
+        "        self.header = header\n"
+        "    def __repr__(self):\n"
+        "        return '<Request>'\n"
+        "def send(request, note):\n"
+        "    raise ValueError('boom')\n"
+    )
+    where = os.path.join(os.sep, "site-packages", "httplib", "client.py")
+    exec(compile(code, where, "exec"), namespace)
+    for note, expected in (("", []), (secret_line, ["rendered send: secret #0"])):
+        try:
+            # The request keeps the header deep; its repr never shows it.
+            namespace["send"](namespace["Request"](secret_line), note)
+        except ValueError as exc:
+            error = exc
+        assert leaks(error, [secret_line]) == expected

@@ -80,13 +80,8 @@ def b64decode(part: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def pki() -> PKI:
-    return PKI()
-
-
-@pytest.fixture(scope="module")
-def client(pki: PKI) -> Credential:
-    return pki.issue_client()
+def client(mtls_pki: PKI) -> Credential:
+    return mtls_pki.issue_client()
 
 
 @pytest.fixture
@@ -131,6 +126,12 @@ def test_registered_client_gets_a_token(app, peer, clock, client):
         "issued_at": clock(),
         "expires_at": clock() + 3600,
         "revoked": False,
+        "subdomain": None,
+        "zone_id": None,
+        "app_tid": None,
+        "user": None,
+        "grant_type": "client_credentials",
+        "resources": [],
     }
     assert body["access_token"] not in repr(response) + repr(app)
     assert app.token_info("never-issued") is None
@@ -177,8 +178,8 @@ def test_unknown_client_refused(app, peer):
     assert app.tokens_issued == 0
 
 
-def test_wrong_certificate_subject_refused(app, pki, client):
-    other = pki.issue_client("another-subject")
+def test_wrong_certificate_subject_refused(app, mtls_pki, client):
+    other = mtls_pki.issue_client("another-subject")
     assert other.subject != client.subject
     assert error_of(token(app, Peer.of(other))) == (401, "invalid_client")
     app.register_client("another", other.subject)  # by subject string
@@ -188,8 +189,8 @@ def test_wrong_certificate_subject_refused(app, pki, client):
     assert issue(app, Peer.of(client), client_id="another")
 
 
-def test_rotated_certificate_with_the_same_subject_is_accepted(app, pki, client):
-    rotated = pki.issue_client()
+def test_rotated_certificate_with_the_same_subject_is_accepted(app, mtls_pki, client):
+    rotated = mtls_pki.issue_client()
     assert (rotated.subject, rotated.thumbprint != client.thumbprint) == (client.subject, True)
     access_token = issue(app, Peer.of(rotated))
     assert app.token_info(access_token)["thumbprint"] == rotated.thumbprint
@@ -223,8 +224,8 @@ def test_no_certificate_and_no_client_id(app, peer):
 @pytest.mark.parametrize(
     ("grant_type", "status", "error"),
     [
-        ("password", 400, "unsupported_grant_type"),
-        ("authorization_code", 400, "unsupported_grant_type"),
+        ("device_code", 400, "unsupported_grant_type"),
+        ("password", 400, "invalid_request"),  # known now: username is missing
         ("", 400, "invalid_request"),
         (None, 400, "invalid_request"),
     ],
@@ -236,6 +237,12 @@ def test_grant_type_checked(app, peer, grant_type, status, error):
     response = app.handle_token(XSUAA_TOKEN_PATH, FORM, urlencode(fields).encode(), peer)
     assert error_of(response) == (status, error)
     if error == "unsupported_grant_type":
+        assert response.json()["error_description"] == (
+            "only client_credentials, urn:ietf:params:oauth:grant-type:jwt-bearer, "
+            "authorization_code, refresh_token, password are supported"
+        )
+        app.grants = {"client_credentials": GRANTS["client_credentials"]}
+        response = app.handle_token(XSUAA_TOKEN_PATH, FORM, urlencode(fields).encode(), peer)
         assert response.json()["error_description"] == "only client_credentials is supported"
 
 
@@ -269,12 +276,12 @@ def test_only_token_paths_issue(app, peer):
 
 
 def test_token_paths_are_data():
-    assert set(TOKEN_SHAPES) == {XSUAA_TOKEN_PATH, CREDSTORE_TOKEN_PATH}
+    assert set(TOKEN_SHAPES) == {XSUAA_TOKEN_PATH, CREDSTORE_TOKEN_PATH, "/oauth2/token"}
     assert TOKEN_SHAPES[XSUAA_TOKEN_PATH].jwt
     assert not TOKEN_SHAPES[CREDSTORE_TOKEN_PATH].jwt
     assert TOKEN_SHAPES[CREDSTORE_TOKEN_PATH].credentials_api
     with pytest.raises(TypeError):
-        TOKEN_SHAPES["/oauth2/token"] = TOKEN_SHAPES[XSUAA_TOKEN_PATH]  # type: ignore[index]
+        TOKEN_SHAPES["/oauth3/token"] = TOKEN_SHAPES[XSUAA_TOKEN_PATH]  # type: ignore[index]
 
 
 def test_a_grant_is_one_entry_in_the_table(app, peer, client):
@@ -287,7 +294,7 @@ def test_a_grant_is_one_entry_in_the_table(app, peer, client):
             return client
         return Grant(client[0], client[1], scope="refreshed", claims={"ext_attr": {"x": 1}})
 
-    app.grants = {**GRANTS, "refresh_token": refresh}
+    app.grants = {"client_credentials": GRANTS["client_credentials"], "refresh_token": refresh}
     app.jwt_tokens = True
     headers = {**FORM, "X-Zid": "tenant-1"}
     response = token(app, peer, headers=headers, grant_type="refresh_token", refresh_token="r")
@@ -330,8 +337,8 @@ def test_revoke_all_invalidates_earlier_tokens_only(app, peer):
     assert not app.token_info(fresh)["revoked"]
 
 
-def test_revoke_certificate(app, peer, pki):
-    other = Peer.of(pki.issue_client())  # same subject, another certificate
+def test_revoke_certificate(app, peer, mtls_pki):
+    other = Peer.of(mtls_pki.issue_client())  # same subject, another certificate
     mine, theirs = issue(app, peer), issue(app, other)
     app.revoke_certificate(peer.thumbprint)
     response = token(app, peer)
@@ -357,7 +364,7 @@ def test_resource_answers_and_records(app, peer, clock):
         "method": "PUT",
         "path": "/resource/items/1",
         "body_length": 10,
-    }
+    }  # a provider's client-credentials token: the answer it always had
     (record,) = app.resource_requests
     assert record == ResourceRequest(
         method="PUT",
@@ -368,6 +375,7 @@ def test_resource_answers_and_records(app, peer, clock):
         status=200,
         client_id=CLIENT_ID,
         token_index=1,
+        grant_type="client_credentials",
     )
     assert access_token not in repr(record)
 
@@ -417,9 +425,9 @@ def test_expiry_follows_the_injected_clock(app, peer, clock):
     assert [r.time for r in app.resource_requests] == [clock() - 1, clock()]
 
 
-def test_cert_bound_mode(app, peer, pki):
+def test_cert_bound_mode(app, peer, mtls_pki):
     access_token = issue(app, peer)
-    other = Peer.of(pki.issue_client())  # same subject, different certificate
+    other = Peer.of(mtls_pki.issue_client())  # same subject, different certificate
     assert resource(app, access_token, other).status == 200
     assert resource(app, access_token, None).status == 200
     app.cert_bound = True
@@ -455,6 +463,7 @@ def test_record_token_request(app, peer, clock):
         thumbprint=peer.thumbprint,
         subject=peer.subject,
         time=clock(),
+        grant_type="client_credentials",
     )
     anonymous = app.record_token_request(XSUAA_TOKEN_PATH, b"", None)
     assert (anonymous.thumbprint, anonymous.subject, anonymous.client_id) == (None, None, None)
@@ -526,7 +535,8 @@ def test_documents(app):
     assert config["issuer"] == config["token_endpoint"] == "https://localhost:8443/oauth/token"
     assert config["mtls_endpoint_aliases"] == {"token_endpoint": config["token_endpoint"]}
     assert config["jwks_uri"] == "https://localhost:8443/token_keys"
-    assert config["grant_types_supported"] == ["client_credentials"]
+    assert config["grant_types_supported"] == list(GRANTS)
+    assert config["authorization_endpoint"] == "https://localhost:8443/oauth/authorize"
     assert app.openid_configuration("https://x:1")["token_endpoint"] == "https://x:1/oauth/token"
     assert app.handle_document("GET", "/token_keys").json() == app.signer.jwks()
     assert app.handle_document("POST", "/token_keys").status == 404
@@ -606,9 +616,9 @@ def test_credstore_api_is_made_once(app):
 # -- the facade keeps the app's live records ----------------------------------------------
 
 
-def test_token_server_shares_the_app_lock_and_token_dict(pki, client, peer):
+def test_token_server_shares_the_app_lock_and_token_dict(mtls_pki, client, peer):
     clock = FakeClock()
-    server = TokenServer(pki, clock=clock, token_lifetime=60, jwt_tokens=True)
+    server = TokenServer(mtls_pki, clock=clock, token_lifetime=60, jwt_tokens=True)
     assert server._tokens is server._app.tokens
     assert server._lock is server._app.lock
     assert (server.clock, server.token_lifetime, server.jwt_tokens) == (clock, 60, True)

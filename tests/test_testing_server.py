@@ -36,10 +36,10 @@ CLIENT_ID = "sb-test-client!t1"
 # -- client side helpers -------------------------------------------------------------
 
 
-def client_context(pki: PKI, credential: Credential | None = None, *, chain: bool = True):
+def client_context(mtls_pki: PKI, credential: Credential | None = None, *, chain: bool = True):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    ctx.load_verify_locations(cadata=pki.root_pem)
+    ctx.load_verify_locations(cadata=mtls_pki.root_pem)
     if credential is not None:
         load_client_cert(
             ctx, credential.chain_pem if chain else credential.cert_pem, credential.key_pem
@@ -101,23 +101,18 @@ def wait_for(predicate, timeout=2.0):
 
 
 @pytest.fixture(scope="module")
-def pki() -> PKI:
-    return PKI()
+def client(mtls_pki) -> Credential:
+    return mtls_pki.issue_client()
 
 
 @pytest.fixture(scope="module")
-def client(pki) -> Credential:
-    return pki.issue_client()
-
-
-@pytest.fixture(scope="module")
-def client_ctx(pki, client) -> ssl.SSLContext:
-    return client_context(pki, client)
+def client_ctx(mtls_pki, client) -> ssl.SSLContext:
+    return client_context(mtls_pki, client)
 
 
 @pytest.fixture
-def server(pki, client):
-    with TokenServer(pki) as srv:
+def server(mtls_pki, client):
+    with TokenServer(mtls_pki) as srv:
         srv.register_client(CLIENT_ID, client)
         yield srv
 
@@ -132,12 +127,12 @@ def conn(server, client_ctx):
 # -- PKI -----------------------------------------------------------------------------
 
 
-def _verify_client_chain(pki: PKI, credential: Credential) -> None:
+def _verify_client_chain(mtls_pki: PKI, credential: Credential) -> None:
     # The web-PKI profile demands a SAN on client certificates; SAP's have none.
     ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
     )
-    store = verification.Store([pki.root.certificate])
+    store = verification.Store([mtls_pki.root.certificate])
     verifier = (
         verification.PolicyBuilder()
         .store(store)
@@ -150,22 +145,22 @@ def _verify_client_chain(pki: PKI, credential: Credential) -> None:
     verifier.verify(chain[0], chain[1:])
 
 
-def test_pki_hierarchy_passes_strict_rfc5280_verification(pki, client):
-    store = verification.Store([pki.root.certificate])
-    server_chain = x509.load_pem_x509_certificates(pki.server.chain_pem.encode())
+def test_pki_hierarchy_passes_strict_rfc5280_verification(mtls_pki, client):
+    store = verification.Store([mtls_pki.root.certificate])
+    server_chain = x509.load_pem_x509_certificates(mtls_pki.server.chain_pem.encode())
     verifier = (
         verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName("localhost"))
     )
     verifier.verify(server_chain[0], server_chain[1:])
-    _verify_client_chain(pki, client)
+    _verify_client_chain(mtls_pki, client)
     assert len(server_chain) == 2
-    assert pki.root_pem == pki.ca_pem
-    assert pki.intermediate_pem not in pki.root_pem
-    assert pki.root_pem not in client.chain_pem
+    assert mtls_pki.root_pem == mtls_pki.ca_pem
+    assert mtls_pki.intermediate_pem not in mtls_pki.root_pem
+    assert mtls_pki.root_pem not in client.chain_pem
     for cert in (
-        pki.root.certificate,
-        pki.intermediate.certificate,
-        pki.server.certificate,
+        mtls_pki.root.certificate,
+        mtls_pki.intermediate.certificate,
+        mtls_pki.server.certificate,
         client.certificate,
     ):
         ext = cert.extensions
@@ -177,9 +172,9 @@ def test_pki_hierarchy_passes_strict_rfc5280_verification(pki, client):
 
 
 @pytest.mark.parametrize("key_type", ["rsa", "rsa4096", "ec", "ec384", "ed25519"])
-def test_issue_client_key_types(pki, key_type):
-    cred = pki.issue_client("typed", key_type=key_type, organizational_unit=["a", "b"])
-    _verify_client_chain(pki, cred)
+def test_issue_client_key_types(mtls_pki, key_type):
+    cred = mtls_pki.issue_client("typed", key_type=key_type, organizational_unit=["a", "b"])
+    _verify_client_chain(mtls_pki, cred)
     assert cred.subject == "CN=typed,OU=b,OU=a,O=mtls-auth testing,C=DE"
     assert cred.key_pem_pkcs8().startswith("-----BEGIN PRIVATE KEY-----")
     assert cred.key_pem_encrypted(b"pw").startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -203,14 +198,14 @@ def test_issue_client_key_types(pki, key_type):
     assert key.public_key() == cred.certificate.public_key()
 
 
-def test_credential_fields_and_repr(pki, client):
+def test_credential_fields_and_repr(mtls_pki, client):
     der = client.certificate.public_bytes(serialization.Encoding.DER)
     expected = (
         base64.urlsafe_b64encode(__import__("hashlib").sha256(der).digest()).rstrip(b"=").decode()
     )
     assert client.thumbprint == expected
     assert client.subject == client.certificate.subject.rfc4514_string()
-    assert client.chain_pem == client.cert_pem + pki.intermediate_pem
+    assert client.chain_pem == client.cert_pem + mtls_pki.intermediate_pem
     assert client.not_after - client.not_before == timedelta(days=7, hours=1)
     text = repr(client) + str(client)
     assert "PRIVATE" not in text
@@ -220,23 +215,23 @@ def test_credential_fields_and_repr(pki, client):
         pickle.dumps(client)
 
 
-def test_pki_fault_credentials(pki):
+def test_pki_fault_credentials(mtls_pki):
     now = datetime.now(timezone.utc)
-    assert pki.expired_client().not_after < now - timedelta(hours=23)
-    assert pki.expired_server().not_after < now
-    wrong = pki.wrong_host_server()
+    assert mtls_pki.expired_client().not_after < now - timedelta(hours=23)
+    assert mtls_pki.expired_server().not_after < now
+    wrong = mtls_pki.wrong_host_server()
     san = wrong.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.value.get_values_for_type(x509.DNSName) == ["wrong-host.invalid"]
-    untrusted = pki.untrusted_client()
+    untrusted = mtls_pki.untrusted_client()
     assert untrusted.chain_pem == untrusted.cert_pem
     with pytest.raises(verification.VerificationError):
-        _verify_client_chain(pki, untrusted)
-    mismatched = pki.mismatched_key()
+        _verify_client_chain(mtls_pki, untrusted)
+    mismatched = mtls_pki.mismatched_key()
     assert mismatched.startswith("-----BEGIN RSA PRIVATE KEY-----")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     with pytest.raises(ssl.SSLError):
-        load_client_cert(ctx, pki.issue_client().chain_pem, mismatched)
-    root_issued = pki.issue_client(issuer="root")
+        load_client_cert(ctx, mtls_pki.issue_client().chain_pem, mismatched)
+    root_issued = mtls_pki.issue_client(issuer="root")
     assert root_issued.chain_pem == root_issued.cert_pem
 
 
@@ -251,8 +246,8 @@ def test_pki_now_anchors_validity():
 # -- handshake ---------------------------------------------------------------------
 
 
-def test_handshake_without_client_certificate_fails(server, pki):
-    c = connect(server, client_context(pki))
+def test_handshake_without_client_certificate_fails(server, mtls_pki):
+    c = connect(server, client_context(mtls_pki))
     with pytest.raises(OSError):
         token_request(c)
     c.close()
@@ -260,10 +255,10 @@ def test_handshake_without_client_certificate_fails(server, pki):
     assert server.token_request_count == 0
 
 
-def test_untrusted_ca_client_rejected_at_handshake(server, pki):
-    rogue = pki.untrusted_client()
+def test_untrusted_ca_client_rejected_at_handshake(server, mtls_pki):
+    rogue = mtls_pki.untrusted_client()
     server.register_client(CLIENT_ID, rogue)  # same subject anyway
-    c = connect(server, client_context(pki, rogue))
+    c = connect(server, client_context(mtls_pki, rogue))
     with pytest.raises(OSError):
         token_request(c)
     c.close()
@@ -272,16 +267,16 @@ def test_untrusted_ca_client_rejected_at_handshake(server, pki):
     assert server.token_request_count == 0
 
 
-def test_expired_client_rejected_at_handshake(server, pki):
-    c = connect(server, client_context(pki, pki.expired_client()))
+def test_expired_client_rejected_at_handshake(server, mtls_pki):
+    c = connect(server, client_context(mtls_pki, mtls_pki.expired_client()))
     with pytest.raises(OSError):
         token_request(c)
     c.close()
     wait_for(lambda: server.handshake_failures)
 
 
-def test_leaf_without_intermediate_rejected(server, pki, client):
-    c = connect(server, client_context(pki, client, chain=False))
+def test_leaf_without_intermediate_rejected(server, mtls_pki, client):
+    c = connect(server, client_context(mtls_pki, client, chain=False))
     with pytest.raises(OSError):
         token_request(c)
     c.close()
@@ -289,18 +284,18 @@ def test_leaf_without_intermediate_rejected(server, pki, client):
 
 
 @pytest.mark.parametrize("key_type", ["ec", "ed25519"])
-def test_non_rsa_client_accepted(server, pki, key_type):
-    cred = pki.issue_client("other", key_type=key_type)
+def test_non_rsa_client_accepted(server, mtls_pki, key_type):
+    cred = mtls_pki.issue_client("other", key_type=key_type)
     server.register_client("other", cred)
-    c = connect(server, client_context(pki, cred))
+    c = connect(server, client_context(mtls_pki, cred))
     assert get_token(c, client_id="other")
     c.close()
 
 
 @pytest.mark.parametrize("which", ["expired", "wrong_host"])
-def test_bad_server_certificates_fail_client_verification(pki, client_ctx, which):
-    credential = pki.expired_server() if which == "expired" else pki.wrong_host_server()
-    with TokenServer(pki, server_credential=credential) as srv:
+def test_bad_server_certificates_fail_client_verification(mtls_pki, client_ctx, which):
+    credential = mtls_pki.expired_server() if which == "expired" else mtls_pki.wrong_host_server()
+    with TokenServer(mtls_pki, server_credential=credential) as srv:
         c = connect(srv, client_ctx)
         with pytest.raises(ssl.SSLCertVerificationError):
             c.connect()
@@ -405,11 +400,11 @@ def test_client_secret_rejected(server, conn):
     assert server.tokens_issued == 0
 
 
-def test_wrong_client_id_rejected(server, conn, pki):
+def test_wrong_client_id_rejected(server, conn, mtls_pki):
     response, data = token_request(conn, client_id="sb-someone-else")
     assert response.status == 401
     assert json.loads(data)["error"] == "invalid_client"
-    other = pki.issue_client("another-client")
+    other = mtls_pki.issue_client("another-client")
     server.register_client("another", other)
     response, data = token_request(conn, client_id="another")  # registered to other subject
     assert response.status == 401
@@ -421,7 +416,8 @@ def test_wrong_client_id_rejected(server, conn, pki):
 @pytest.mark.parametrize(
     ("grant_type", "error"),
     [
-        ("password", "unsupported_grant_type"),
+        ("device_code", "unsupported_grant_type"),
+        ("password", "invalid_request"),  # a known grant: username and password are missing
         ("", "invalid_request"),
         (None, "invalid_request"),
     ],
@@ -461,11 +457,11 @@ def test_form_encoding_and_duplicates_checked(conn):
     assert response.status == 405
 
 
-def test_rotated_certificate_with_same_subject_keeps_working(server, pki, client):
-    rotated = pki.issue_client()
+def test_rotated_certificate_with_same_subject_keeps_working(server, mtls_pki, client):
+    rotated = mtls_pki.issue_client()
     assert rotated.subject == client.subject
     assert rotated.thumbprint != client.thumbprint
-    c = connect(server, client_context(pki, rotated))
+    c = connect(server, client_context(mtls_pki, rotated))
     token = get_token(c)
     assert server.token_info(token)["thumbprint"] == rotated.thumbprint
     c.close()
@@ -482,8 +478,8 @@ def test_revoke_certificate(server, conn, client):
     assert server.token_info(token)["revoked"]
 
 
-def test_openid_configuration_and_jwt_tokens(pki, client, client_ctx):
-    with TokenServer(pki, jwt_tokens=True) as srv:
+def test_openid_configuration_and_jwt_tokens(mtls_pki, client, client_ctx):
+    with TokenServer(mtls_pki, jwt_tokens=True) as srv:
         srv.register_client(CLIENT_ID, client)
         c = connect(srv, client_ctx)
         response, data = request(c, "GET", "/.well-known/openid-configuration")
@@ -518,16 +514,16 @@ def test_openid_configuration_and_jwt_tokens(pki, client, client_ctx):
         c.close()
 
 
-def test_optional_client_cert_mode(pki, client):
-    with TokenServer(pki, require_client_cert=False) as srv:
+def test_optional_client_cert_mode(mtls_pki, client):
+    with TokenServer(mtls_pki, require_client_cert=False) as srv:
         srv.register_client(CLIENT_ID, client)
-        c = connect(srv, client_context(pki))
+        c = connect(srv, client_context(mtls_pki))
         response, data = token_request(c)
         assert response.status == 401
         assert json.loads(data)["error"] == "invalid_client"
         (record,) = srv.token_requests
         assert record.thumbprint is None
-        c2 = connect(srv, client_context(pki, client))
+        c2 = connect(srv, client_context(mtls_pki, client))
         token = get_token(c2)
         response, _ = request(c, "GET", "/resource", headers=bearer(token))
         assert response.status == 200
@@ -582,8 +578,8 @@ def test_delay_fault(server, conn):
     assert time.monotonic() - started >= 0.3
 
 
-def test_delay_fault_cut_short_by_stop(pki, client, client_ctx):
-    srv = TokenServer(pki).start()
+def test_delay_fault_cut_short_by_stop(mtls_pki, client, client_ctx):
+    srv = TokenServer(mtls_pki).start()
     srv.register_client(CLIENT_ID, client)
     srv.inject(Fault.delay(30))
     c = connect(srv, client_ctx)
@@ -684,9 +680,9 @@ def test_revoke_all(server, conn):
     assert request(conn, "GET", "/resource", headers=bearer(fresh))[0].status == 200
 
 
-def test_clock_injection_expires_tokens(pki, client, client_ctx):
+def test_clock_injection_expires_tokens(mtls_pki, client, client_ctx):
     now = [1_000_000.0]
-    with TokenServer(pki, token_lifetime=60, clock=lambda: now[0]) as srv:
+    with TokenServer(mtls_pki, token_lifetime=60, clock=lambda: now[0]) as srv:
         srv.register_client(CLIENT_ID, client)
         c = connect(srv, client_ctx)
         response, data = token_request(c)
@@ -706,10 +702,10 @@ def test_clock_injection_expires_tokens(pki, client, client_ctx):
         c.close()
 
 
-def test_cert_bound_mode(server, pki, conn, client):
+def test_cert_bound_mode(server, mtls_pki, conn, client):
     token = get_token(conn)
-    other = pki.issue_client()  # same subject, different certificate
-    c2 = connect(server, client_context(pki, other))
+    other = mtls_pki.issue_client()  # same subject, different certificate
+    c2 = connect(server, client_context(mtls_pki, other))
     assert request(c2, "GET", "/resource", headers=bearer(token))[0].status == 200
     server.cert_bound = True
     response, _ = request(c2, "GET", "/resource", headers=bearer(token))
@@ -738,12 +734,12 @@ def test_unknown_path_404(conn):
 # -- lifecycle -------------------------------------------------------------------------
 
 
-def test_stop_closes_keep_alive_connections_and_leaks_no_threads(pki, client, client_ctx):
+def test_stop_closes_keep_alive_connections_and_leaks_no_threads(mtls_pki, client, client_ctx):
     def ours():
         return [t for t in threading.enumerate() if t.name.startswith("mtls-auth-testing")]
 
     before = ours()
-    srv = TokenServer(pki).start()
+    srv = TokenServer(mtls_pki).start()
     srv.register_client(CLIENT_ID, client)
     conns = [connect(srv, client_ctx) for _ in range(3)]
     for c in conns:
@@ -760,7 +756,7 @@ def test_stop_closes_keep_alive_connections_and_leaks_no_threads(pki, client, cl
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=1)
     with pytest.raises(RuntimeError):
-        _ = TokenServer(pki).url
+        _ = TokenServer(mtls_pki).url
 
 
 def test_concurrent_clients(server, client_ctx):

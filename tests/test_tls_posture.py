@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -33,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from clients import Client
 
 import mtls_auth
 import mtls_auth.httpx as mhttpx
@@ -46,12 +46,11 @@ from mtls_auth import (
 )
 from mtls_auth._retry import RetryPolicy
 from mtls_auth._tls import build_ssl_context
-from mtls_auth.testing import PKI, Credential, TokenServer, xsuaa_service_key
+from mtls_auth.testing import PKI, Credential, TokenServer
 from mtls_auth.testing._server import _load_cert_chain
+from mtls_auth.testing.plugin import CLIENT_ID
 
-CLIENT_ID = "sb-client!t1"
 ONE_TRY = RetryPolicy(attempts=1)
-LIBRARIES = ["requests", "httpx-sync", "httpx-async"]
 DISCOVERY = "/.well-known/openid-configuration"  # served without a bearer token
 
 
@@ -62,97 +61,40 @@ def impostor_pki() -> PKI:
 
 
 @pytest.fixture
-def server(pki: PKI, client_credential: Credential) -> Iterator[TokenServer]:
-    with TokenServer(pki) as srv:
-        srv.register_client(CLIENT_ID, client_credential)
-        yield srv
-
-
-@pytest.fixture
-def impostor(pki: PKI, impostor_pki: PKI, client_credential: Credential) -> Iterator[TokenServer]:
+def impostor(
+    mtls_pki: PKI, impostor_pki: PKI, mtls_client_certificate: Credential
+) -> Iterator[TokenServer]:
     """A localhost server presenting a certificate of the impostor CA.
 
     It does not insist on a client certificate, so a plain client that trusts
     the impostor CA gets through: the controls below prove the environment's
     bundle is in effect.
     """
-    with TokenServer(pki, server_credential=impostor_pki.server, require_client_cert=False) as srv:
-        srv.register_client(CLIENT_ID, client_credential)
+    with TokenServer(
+        mtls_pki, server_credential=impostor_pki.server, require_client_cert=False
+    ) as srv:
+        srv.register_client(CLIENT_ID, mtls_client_certificate)
         yield srv
 
 
-@pytest.fixture(params=LIBRARIES)
-def library(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
-def certificate(client_credential: Credential) -> ClientCertificate:
-    return ClientCertificate.from_pem(client_credential.chain_pem, client_credential.key_pem)
-
-
-def _auth(library: str, token_url: str, credential: Credential, verify: Any) -> Any:
-    cls = mrequests.MtlsOAuth2 if library == "requests" else mhttpx.MtlsOAuth2
-    return cls(
-        token_url,
-        CLIENT_ID,
-        credential.chain_pem,
-        credential.key_pem,
-        verify=verify,
-        retry=ONE_TRY,
-        timeout=5.0,
-    )
-
-
-def _fetch_token(library: str, auth: Any) -> None:
-    """One token fetch through the auth's own client (raises what it raises)."""
-    if library == "requests" or library == "httpx-sync":
-        auth.token_info()
-    else:
-
-        async def main() -> None:
-            try:
-                await auth.atoken_info()
-            finally:
-                await auth.aclose()
-
-        asyncio.run(main())
-    if library != "httpx-async":
-        auth.close()
-
-
-def _get(library: str, url: str, credential: Credential, trust: Any, **options: Any) -> int:
-    """GET `url` through MtlsAdapter or (Async)MtlsTransport trusting `trust`.
-
-    `options` go to ``session.get`` (requests; ``session_verify`` sets
-    ``session.verify``) or to the ``httpx.Client``; returns the status code.
-    """
-    if library == "requests":
-        with requests.Session() as session:
-            session.mount(
-                "https://",
-                mrequests.MtlsAdapter(credential.chain_pem, credential.key_pem, verify=trust),
-            )
-            session_verify = options.pop("session_verify", None)
-            if session_verify is not None:
-                session.verify = session_verify
-            return session.get(url, timeout=10, **options).status_code
-    if library == "httpx-sync":
-        transport = mhttpx.MtlsTransport(credential.chain_pem, credential.key_pem, verify=trust)
-        with httpx.Client(transport=transport, timeout=10, **options) as client:
-            return client.get(url).status_code
-
-    async def main() -> int:
-        transport = mhttpx.AsyncMtlsTransport(
-            credential.chain_pem, credential.key_pem, verify=trust
-        )
-        async with httpx.AsyncClient(transport=transport, timeout=10, **options) as client:
-            return (await client.get(url)).status_code
-
-    return asyncio.run(main())
+def client(client: Client) -> Client:
+    """The shared three-client harness: one attempt per token fetch, a 5 s deadline."""
+    return client.bind(retry=ONE_TRY, timeout=5.0)
 
 
 _TLS_FAILURES = (requests.exceptions.SSLError, httpx.ConnectError, ssl.SSLError)
+
+
+def _get(client: Client, url: str, trust: Any, **options: Any) -> int:
+    """GET `url` (no auth) through the client's MtlsAdapter / (Async)MtlsTransport trusting
+    `trust`; `options` as for `Client.call`. Returns the status code, raises what it raised."""
+    return client.call(None, url, verify=trust, **options).unwrap()
+
+
+def _fetch_token(client: Client, token_url: str, verify: Any) -> None:
+    """One token fetch from `token_url` through a new auth's own client, trusting `verify`."""
+    client.fetch_token(client.auth(token_url=token_url, verify=verify))
 
 
 # -- verification cannot be switched off ------------------------------------------------------
@@ -160,9 +102,9 @@ _TLS_FAILURES = (requests.exceptions.SSLError, httpx.ConnectError, ssl.SSLError)
 
 @pytest.mark.parametrize("verify", [False, None])
 def test_verify_false_is_refused_everywhere(
-    verify: Any, certificate: ClientCertificate, client_credential: Credential
+    verify: Any, certificate: ClientCertificate, mtls_client_certificate: Credential
 ) -> None:
-    chain, key = client_credential.chain_pem, client_credential.key_pem
+    chain, key = mtls_client_certificate.chain_pem, mtls_client_certificate.key_pem
     makers = {
         "build_ssl_context": lambda: build_ssl_context(verify),
         "ClientCertificate.ssl_context": lambda: certificate.ssl_context(verify),
@@ -179,19 +121,22 @@ def test_verify_false_is_refused_everywhere(
 
 @pytest.mark.parametrize("construct", ["requests", "httpx", "requests-binding", "httpx-binding"])
 def test_verify_false_is_refused_by_the_auth_constructors(
-    construct: str, server: TokenServer, client_credential: Credential
+    construct: str,
+    mtls_server: TokenServer,
+    mtls_client_certificate: Credential,
+    mtls_xsuaa_binding: dict[str, Any],
 ) -> None:
-    binding = xsuaa_service_key(server, client_credential, CLIENT_ID)
+    binding = mtls_xsuaa_binding
     cls = mrequests.MtlsOAuth2 if construct.startswith("requests") else mhttpx.MtlsOAuth2
 
     def construct_it() -> object:
         if construct.endswith("binding"):
             return cls.from_binding(binding, verify=False)
         return cls(
-            server.token_url,
+            mtls_server.token_url,
             CLIENT_ID,
-            client_credential.chain_pem,
-            client_credential.key_pem,
+            mtls_client_certificate.chain_pem,
+            mtls_client_certificate.key_pem,
             verify=False,
         )
 
@@ -201,24 +146,20 @@ def test_verify_false_is_refused_by_the_auth_constructors(
 
 @pytest.mark.parametrize("verify", [False, None])
 def test_verify_false_auth_never_sends_a_token_request(
-    library: str, verify: Any, server: TokenServer, client_credential: Credential
+    client: Client, verify: Any, mtls_server: TokenServer
 ) -> None:
     # Whenever the refusal comes, it comes before anything leaves unverified.
     def fetch() -> None:
-        _fetch_token(library, _auth(library, server.token_url, client_credential, verify))
+        _fetch_token(client, mtls_server.token_url, verify)
 
     def transport() -> object:
-        auth = _auth(library, server.token_url, client_credential, verify)
-        if library == "requests":
-            return auth.adapter()
-        if library == "httpx-sync":
-            return auth.transport()
-        return auth.async_transport()
+        # auth.adapter() / auth.transport() / auth.async_transport()
+        return client.presenter(client.auth(verify=verify))
 
     with pytest.raises(InsecureTransportError, match="INSECURE_SKIP_VERIFY"):
         fetch()
-    assert server.token_request_count == 0
-    assert server.handshake_failures == []  # not even a TLS handshake
+    assert mtls_server.token_request_count == 0
+    assert mtls_server.handshake_failures == []  # not even a TLS handshake
     with pytest.raises(InsecureTransportError):
         transport()
 
@@ -247,7 +188,7 @@ def test_insecure_skip_verify_context_and_warning(
     warned = [
         r
         for r in caplog.records
-        if r.name == "mtls_auth"
+        if r.name.startswith("mtls_auth.")
         and r.levelno == logging.WARNING
         and "INSECURE_SKIP_VERIFY" in r.getMessage()
     ]
@@ -257,25 +198,22 @@ def test_insecure_skip_verify_context_and_warning(
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_insecure_skip_verify_reaches_a_server_whose_ca_is_not_given(
-    library: str,
+    client: Client,
     impostor: TokenServer,
-    client_credential: Credential,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="mtls_auth")
     # Without the switch (system trust) the server is refused...
     with pytest.raises(TokenRequestError) as info:
-        _fetch_token(library, _auth(library, impostor.token_url, client_credential, True))
+        _fetch_token(client, impostor.token_url, True)
     assert info.value.kind == "tls_server"
     with pytest.raises(_TLS_FAILURES):
-        _get(library, impostor.url + DISCOVERY, client_credential, True)
+        _get(client, impostor.url + DISCOVERY, True)
     assert not any("INSECURE_SKIP_VERIFY" in r.getMessage() for r in caplog.records)
     # ...with it, the token fetch and the transport get through, loudly.
-    _fetch_token(
-        library, _auth(library, impostor.token_url, client_credential, INSECURE_SKIP_VERIFY)
-    )
+    _fetch_token(client, impostor.token_url, INSECURE_SKIP_VERIFY)
     assert impostor.tokens_issued == 1
-    status = _get(library, impostor.url + DISCOVERY, client_credential, INSECURE_SKIP_VERIFY)
+    status = _get(client, impostor.url + DISCOVERY, INSECURE_SKIP_VERIFY)
     assert status == 200
     warned = [
         r
@@ -300,12 +238,12 @@ def _assert_hardened(context: ssl.SSLContext) -> None:
 
 @pytest.mark.parametrize("verify", ["ca_pem", "ca_file", "system"])
 def test_every_context_is_hardened(
-    verify: str, certificate: ClientCertificate, pki: PKI, tmp_path: Path
+    verify: str, certificate: ClientCertificate, mtls_pki: PKI, tmp_path: Path
 ) -> None:
-    trust: Any = {"ca_pem": pki.root_pem, "system": True}.get(verify)
+    trust: Any = {"ca_pem": mtls_pki.root_pem, "system": True}.get(verify)
     if verify == "ca_file":
         trust = tmp_path / "ca.pem"
-        trust.write_text(pki.root_pem)
+        trust.write_text(mtls_pki.root_pem)
     for context in (certificate.ssl_context(trust), build_ssl_context(trust)):
         _assert_hardened(context)
         assert context.check_hostname is True
@@ -313,9 +251,10 @@ def test_every_context_is_hardened(
 
 
 def test_contexts_stay_hardened_after_urllib3_and_httpcore_used_them(
-    server: TokenServer, client_credential: Credential
+    mtls_server: TokenServer, mtls_client_certificate: Credential
 ) -> None:
-    chain, key = client_credential.chain_pem, client_credential.key_pem
+    server = mtls_server
+    chain, key = mtls_client_certificate.chain_pem, mtls_client_certificate.key_pem
     adapter = mrequests.MtlsAdapter(chain, key, verify=server.ca_pem)
     with requests.Session() as session:
         session.mount("https://", adapter)
@@ -430,16 +369,16 @@ def _handshake(context: ssl.SSLContext, port: int) -> str | None:
 
 
 @pytest.fixture
-def tls11_server(pki: PKI) -> Iterator[_BareTLSServer]:
+def tls11_server(mtls_pki: PKI) -> Iterator[_BareTLSServer]:
     """A server that speaks TLS 1.0/1.1 only, with a control proving it does."""
     try:
-        server_cm = bare_tls_server(pki, ssl.TLSVersion.TLSv1_1)
+        server_cm = bare_tls_server(mtls_pki, ssl.TLSVersion.TLSv1_1)
         server = server_cm.__enter__()
     except (ssl.SSLError, ValueError) as exc:
         pytest.skip(f"this OpenSSL cannot run a TLS 1.1 server at all: {exc}")
     try:
         control = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        control.load_verify_locations(cadata=pki.root_pem)
+        control.load_verify_locations(cadata=mtls_pki.root_pem)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             control.set_ciphers("DEFAULT:@SECLEVEL=0")
@@ -464,9 +403,9 @@ def tls11_server(pki: PKI) -> Iterator[_BareTLSServer]:
 
 
 def test_tls_1_1_server_is_refused_by_the_context_itself(
-    tls11_server: _BareTLSServer, certificate: ClientCertificate, pki: PKI
+    tls11_server: _BareTLSServer, certificate: ClientCertificate, mtls_pki: PKI
 ) -> None:
-    context = certificate.ssl_context(pki.root_pem)
+    context = certificate.ssl_context(mtls_pki.root_pem)
     # Lower the cipher security level as far as the control client: only the
     # context's minimum_version is left to refuse.
     context.set_ciphers("DEFAULT:@SECLEVEL=0")
@@ -476,22 +415,19 @@ def test_tls_1_1_server_is_refused_by_the_context_itself(
 
 
 def test_tls_1_1_server_is_refused_by_every_client(
-    library: str, tls11_server: _BareTLSServer, pki: PKI, client_credential: Credential
+    client: Client, tls11_server: _BareTLSServer, mtls_pki: PKI
 ) -> None:
     with pytest.raises(_TLS_FAILURES):
-        _get(library, tls11_server.url + "/", client_credential, pki.root_pem)
+        _get(client, tls11_server.url + "/", mtls_pki.root_pem)
     with pytest.raises(TokenRequestError) as info:
-        _fetch_token(
-            library,
-            _auth(library, tls11_server.url + "/oauth/token", client_credential, pki.root_pem),
-        )
+        _fetch_token(client, tls11_server.url + "/oauth/token", mtls_pki.root_pem)
     assert info.value.kind == "other", (info.value.kind, str(info.value))  # not retried
     assert tls11_server.versions == []  # no handshake ever completed
 
 
-def test_tls_1_2_only_server_is_fine(library: str, pki: PKI, client_credential: Credential) -> None:
-    with bare_tls_server(pki, ssl.TLSVersion.TLSv1_2) as server:
-        assert _get(library, server.url + "/", client_credential, pki.root_pem) == 200
+def test_tls_1_2_only_server_is_fine(client: Client, mtls_pki: PKI) -> None:
+    with bare_tls_server(mtls_pki, ssl.TLSVersion.TLSv1_2) as server:
+        assert _get(client, server.url + "/", mtls_pki.root_pem) == 200
         assert server.versions == ["TLSv1.2"]
 
 
@@ -524,74 +460,78 @@ def test_hostile_bundle_is_in_effect_for_plain_clients(
     assert _handshake(ssl.create_default_context(), impostor.port) in ("TLSv1.2", "TLSv1.3")
 
 
+@pytest.mark.parametrize("client", ["requests"], indirect=True)
 @pytest.mark.parametrize(
     "options",
-    [{}, {"session_verify": False}, {"verify": False}, {"verify": "bundle"}],
+    [
+        {},
+        {"library_verify": False},
+        {"request_options": {"verify": False}},
+        {"request_options": {"verify": "bundle"}},
+    ],
     ids=["plain", "session.verify=False", "request-verify=False", "request-verify=bundle"],
 )
 def test_requests_adapter_trusts_only_its_ca(
+    client: Client,
     options: dict[str, Any],
     hostile_env: Path,
     impostor: TokenServer,
-    server: TokenServer,
-    client_credential: Credential,
+    mtls_server: TokenServer,
 ) -> None:
-    options = {k: (str(hostile_env) if v == "bundle" else v) for k, v in options.items()}
+    # library_verify is Session.verify; request_options go to session.request().
+    if options.get("request_options", {}).get("verify") == "bundle":
+        options = {"request_options": {"verify": str(hostile_env)}}
     with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
-        _get("requests", impostor.url + DISCOVERY, client_credential, server.ca_pem, **options)
-    assert (
-        _get("requests", server.url + DISCOVERY, client_credential, server.ca_pem, **options) == 200
-    )
+        _get(client, impostor.url + DISCOVERY, mtls_server.ca_pem, **options)
+    assert _get(client, mtls_server.url + DISCOVERY, mtls_server.ca_pem, **options) == 200
 
 
-@pytest.mark.parametrize("library", ["httpx-sync", "httpx-async"])
+@pytest.mark.parametrize("client", ["httpx-sync", "httpx-async"], indirect=True)
 @pytest.mark.parametrize("client_verify", [None, False], ids=["plain", "client-verify=False"])
 def test_httpx_transport_trusts_only_its_ca(
-    library: str,
+    client: Client,
     client_verify: Any,
     hostile_env: Path,
     impostor: TokenServer,
-    server: TokenServer,
-    client_credential: Credential,
+    mtls_server: TokenServer,
 ) -> None:
-    options = {} if client_verify is None else {"verify": client_verify}
+    # library_verify is httpx.Client(verify=...) / httpx.AsyncClient(verify=...).
+    options = {} if client_verify is None else {"library_verify": client_verify}
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        _get(library, impostor.url + DISCOVERY, client_credential, server.ca_pem, **options)
-    assert _get(library, server.url + DISCOVERY, client_credential, server.ca_pem, **options) == 200
+        _get(client, impostor.url + DISCOVERY, mtls_server.ca_pem, **options)
+    assert _get(client, mtls_server.url + DISCOVERY, mtls_server.ca_pem, **options) == 200
 
 
 def test_token_fetch_trusts_only_its_ca(
-    library: str,
+    client: Client,
     hostile_env: Path,
     impostor: TokenServer,
-    server: TokenServer,
-    client_credential: Credential,
+    mtls_server: TokenServer,
 ) -> None:
     with pytest.raises(TokenRequestError) as info:
-        _fetch_token(library, _auth(library, impostor.token_url, client_credential, server.ca_pem))
+        _fetch_token(client, impostor.token_url, mtls_server.ca_pem)
     assert info.value.kind == "tls_server"
     assert impostor.token_request_count == 0
     assert impostor.tokens_issued == 0
-    _fetch_token(library, _auth(library, server.token_url, client_credential, server.ca_pem))
-    assert server.tokens_issued == 1
+    _fetch_token(client, mtls_server.token_url, mtls_server.ca_pem)
+    assert mtls_server.tokens_issued == 1
 
 
 def test_ca_file_given_as_verify_is_the_only_anchor(
-    library: str,
+    client: Client,
     hostile_env: Path,
     impostor: TokenServer,
-    server: TokenServer,
-    client_credential: Credential,
+    mtls_server: TokenServer,
     tmp_path: Path,
 ) -> None:
     ca_file = tmp_path / "private-ca.pem"
-    ca_file.write_text(server.ca_pem)
+    ca_file.write_text(mtls_server.ca_pem)
     with pytest.raises(TokenRequestError) as info:
-        _fetch_token(library, _auth(library, impostor.token_url, client_credential, str(ca_file)))
+        _fetch_token(client, impostor.token_url, str(ca_file))
     assert info.value.kind == "tls_server"
     with pytest.raises(_TLS_FAILURES):
-        _get(library, impostor.url + DISCOVERY, client_credential, ca_file)
-    assert _get(library, server.url + DISCOVERY, client_credential, ca_file) == 200
+        _get(client, impostor.url + DISCOVERY, ca_file)
+    assert _get(client, mtls_server.url + DISCOVERY, ca_file) == 200
 
 
 # -- hostname and expiry survive the HTTP libraries -------------------------------------------
@@ -599,28 +539,21 @@ def test_ca_file_given_as_verify_is_the_only_anchor(
 
 @pytest.mark.parametrize("bad", ["wrong-host", "expired"])
 def test_bad_server_certificates_are_refused(
-    library: str,
+    client: Client,
     bad: str,
-    pki: PKI,
-    client_credential: Credential,
+    mtls_pki: PKI,
+    mtls_client_certificate: Credential,
 ) -> None:
-    credential = pki.wrong_host_server() if bad == "wrong-host" else pki.expired_server()
-    with TokenServer(pki, server_credential=credential) as bad_server:
-        bad_server.register_client(CLIENT_ID, client_credential)
+    credential = mtls_pki.wrong_host_server() if bad == "wrong-host" else mtls_pki.expired_server()
+    with TokenServer(mtls_pki, server_credential=credential) as bad_server:
+        bad_server.register_client(CLIENT_ID, mtls_client_certificate)
         with pytest.raises(_TLS_FAILURES):
-            _get(library, bad_server.url + DISCOVERY, client_credential, pki.root_pem)
+            _get(client, bad_server.url + DISCOVERY, mtls_pki.root_pem)
         with pytest.raises(_TLS_FAILURES):
-            _get(
-                library,
-                bad_server.url + DISCOVERY,
-                client_credential,
-                pki.root_pem,
-                **({"session_verify": False} if library == "requests" else {"verify": False}),
-            )
+            # requests' Session.verify, httpx's Client(verify=False)
+            _get(client, bad_server.url + DISCOVERY, mtls_pki.root_pem, library_verify=False)
         with pytest.raises(TokenRequestError) as info:
-            _fetch_token(
-                library, _auth(library, bad_server.token_url, client_credential, pki.root_pem)
-            )
+            _fetch_token(client, bad_server.token_url, mtls_pki.root_pem)
         assert info.value.kind == "tls_server"
         assert bad_server.token_request_count == 0
 
@@ -629,16 +562,16 @@ def test_bad_server_certificates_are_refused(
 
 
 def test_sslkeylogfile_is_not_honoured(
-    library: str,
-    server: TokenServer,
-    client_credential: Credential,
+    client: Client,
+    mtls_server: TokenServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    server = mtls_server
     keylog = tmp_path / "keys.log"
     monkeypatch.setenv("SSLKEYLOGFILE", str(keylog))
-    _fetch_token(library, _auth(library, server.token_url, client_credential, server.ca_pem))
-    assert _get(library, server.url + DISCOVERY, client_credential, server.ca_pem) == 200
+    _fetch_token(client, server.token_url, server.ca_pem)
+    assert _get(client, server.url + DISCOVERY, server.ca_pem) == 200
     assert not keylog.exists() or keylog.read_text() == ""
     # The control: a context made the usual way would have written the secrets.
     assert _handshake(_with_ca(ssl.create_default_context(), server.ca_pem), server.port) in (

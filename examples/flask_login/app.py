@@ -14,7 +14,11 @@ Run it against a binding::
 
     from mtls_auth.requests import MtlsOAuth2
     auth = MtlsOAuth2.from_binding("xsuaa-service-key.json")
-    create_app(auth, downstream_url="https://orders.example.com/api").run()
+    app = create_app(
+        auth, downstream_url="https://orders.example.com/api", secret_key=os.environ["SECRET_KEY"]
+    )
+    app.config["PREFERRED_URL_SCHEME"] = "https"  # behind TLS: redirect URIs are https
+    app.run()
 
 tests/test_example_app.py runs it with Flask's test client against the test
 kit's loopback token server.
@@ -86,9 +90,7 @@ def create_app(
         if pending is None:
             abort(400, "no login in progress")
         try:
-            user = auth.for_authorization_code(
-                AuthorizationRequest.from_dict(pending), request.url
-            )
+            user = auth.for_authorization_code(AuthorizationRequest.from_dict(pending), request.url)
         except MtlsAuthError as exc:
             abort(403, f"login failed: {exc}")
         store.of_this_browser()["refresh_token"] = user.refresh_token.reveal()

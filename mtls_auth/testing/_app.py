@@ -5,15 +5,18 @@ verified client certificate as a `Peer`) with a `Response`. The transport
 asks `TokenApp.route` what a path is, then calls one of::
 
     record_token_request + handle_token    POST to a path in TOKEN_SHAPES
+    handle_authorize                       GET  /oauth/authorize, /oauth2/authorize
     handle_resource (or record_resource)   ANY  /resource, /resource/...
     handle_credentials                     ANY  /api/v1/credentials[/...]
     handle_document                        GET  openid configuration, JWKS; else 404
 
 Token endpoints are data (`TOKEN_SHAPES` in `._oauth`: path -> default scope,
-JWT or opaque, which API its tokens open), and so are grants (`GRANTS` in
-`._grants`: ``grant_type`` -> a function turning a `TokenCall` into a `Grant`
-or an error). Validating the form, issuing, recording and signing the token
-is common to every grant and lives here.
+JWT or opaque, which API its tokens open, how tenants are routed), and so are
+grants (`GRANTS` in `._grants`: ``grant_type`` -> a function turning a
+`TokenCall` into a `Grant` or an error). Validating the form, routing the
+tenant (`._tenants`), issuing, recording and signing the token is common to
+every grant and lives here; users, codes and refresh tokens live in
+`._users.UserStore`, the login in `._authorize`.
 """
 
 from __future__ import annotations
@@ -22,34 +25,44 @@ import logging
 import secrets
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from .._redact import safe_repr
+from ._authorize import authorize, login
+from ._claims import access_token_claims, issuer_of
 from ._credstore_api import CREDENTIALS_PATH, CredstoreApi
+from ._documents import provider_document, tenant_document
 from ._grants import GRANTS
 from ._oauth import (
     ALWAYS_401_PATH,
+    AUTHORIZE_PATHS,
     FORM_TYPE,
+    IAS_JWKS_PATH,
     JWKS_PATH,
     NO_STORE,
     OPENID_CONFIGURATION_PATH,
+    REPEATABLE_FIELDS,
     RESOURCE_PATH,
     TOKEN_SHAPES,
     XSUAA_TOKEN_PATH,
     Grant,
     IssuedToken,
     Peer,
+    RedactedForm,
     ResourceRequest,
     TokenCall,
     TokenRequest,
+    TokenShape,
     bearer_error,
     not_found,
     oauth_error,
     parse_form,
+    parse_form_lists,
 )
 from ._pki import Credential
 from ._signing import JwtSigner
+from ._tenants import Tenant, TenantHint, TenantRegistry, UnknownTenant, tenant_hint
+from ._users import TEST_USER, UserStore
 from ._wire import Response, json_bytes
 
 if TYPE_CHECKING:
@@ -59,10 +72,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Route", "TokenApp"]
 
-logger = logging.getLogger("mtls_auth.testing")
+logger = logging.getLogger(__name__)
 
 #: What a path is, as far as the transport needs to know (`TokenApp.route`).
-Route = Literal["token", "resource", "credentials", "document"]
+Route = Literal["token", "authorize", "resource", "credentials", "document"]
 
 
 def _lower_names(headers: Mapping[str, str]) -> dict[str, str]:
@@ -74,6 +87,12 @@ def _lower_names(headers: Mapping[str, str]) -> dict[str, str]:
 
 def _under(path: str, base: str) -> bool:
     return path == base or path.startswith(base + "/")
+
+
+def _hint(shape: TokenShape, headers: Mapping[str, str], form: Mapping[str, str]) -> TenantHint:
+    if not shape.tenant_domains:
+        return TenantHint()
+    return tenant_hint(headers, form, shape.tenant_domains, app_tid=shape.app_tid)
 
 
 # -- the app ------------------------------------------------------------------------------
@@ -88,7 +107,8 @@ class TokenApp:
     RS256 JWTs carrying ``cnf.x5t#S256``; with `cert_bound` the resource also
     requires the token's own certificate (RFC 8705). `base_url` is where the
     app is served (the issuer is ``base_url + "/oauth/token"``). All of them
-    may be changed at any time.
+    may be changed at any time. `tenants` knows the tenants (`strict_tenants`:
+    refuse unknown ones), `users` the users, codes and refresh tokens.
 
     `lock` guards every record; `tokens` is the live mapping of issued token
     string to `IssuedToken`, in issue order (read it under `lock`). Every
@@ -103,6 +123,7 @@ class TokenApp:
         jwt_tokens: bool = False,
         cert_bound: bool = False,
         base_url: str = "https://localhost",
+        strict_tenants: bool = False,
     ) -> None:
         self.token_lifetime = float(token_lifetime)
         self.clock = clock
@@ -124,6 +145,17 @@ class TokenApp:
         self._token_requests: list[TokenRequest] = []
         self._resource_requests: list[ResourceRequest] = []
         self._credstore: CredstoreApi | None = None
+        self.tenants = TenantRegistry(strict=strict_tenants)
+        self.users = UserStore(self.lock)
+
+    @property
+    def strict_tenants(self) -> bool:
+        """Whether unknown tenants are refused (else made on first use); settable."""
+        return self.tenants.strict
+
+    @strict_tenants.setter
+    def strict_tenants(self, value: bool) -> None:
+        self.tenants.strict = value
 
     def __repr__(self) -> str:
         return f"TokenApp({self.base_url}, tokens_issued={self.tokens_issued})"
@@ -134,6 +166,8 @@ class TokenApp:
         """Which handler a request to `path` goes to."""
         if path in TOKEN_SHAPES:
             return "token"
+        if path in AUTHORIZE_PATHS:
+            return "authorize"
         if _under(path, RESOURCE_PATH):
             return "resource"
         if _under(path, CREDENTIALS_PATH):
@@ -151,6 +185,11 @@ class TokenApp:
         )
         with self.lock:
             self._clients.setdefault(client_id, set()).add(subject)
+
+    def is_registered(self, client_id: str) -> bool:
+        """Whether `client_id` is registered (for any certificate subject)."""
+        with self.lock:
+            return bool(self._clients.get(client_id))
 
     def unregister_client(self, client_id: str) -> None:
         """Forget `client_id`; its next token request gets 401 ``invalid_client``."""
@@ -173,9 +212,23 @@ class TokenApp:
 
     # -- token endpoints --
 
-    def record_token_request(self, path: str, body: bytes, peer: Peer | None) -> TokenRequest:
-        """Record a request that reached a token endpoint, before anything can refuse it."""
-        form, _ = parse_form(body)
+    def record_token_request(
+        self,
+        path: str,
+        body: bytes,
+        peer: Peer | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> TokenRequest:
+        """Record a request that reached a token endpoint, before anything can refuse it.
+
+        With `headers` (any case) the record names the host and the tenant the
+        request asks for (registering nothing).
+        """
+        lists = parse_form_lists(body)
+        form = RedactedForm((name, values[0]) for name, values in lists.items())
+        lowered = _lower_names(headers or {})
+        shape = TOKEN_SHAPES.get(path)
+        tenant = self.tenants.peek(_hint(shape, lowered, form)) if shape else None
         record = TokenRequest(
             path=path,
             form=form,
@@ -184,6 +237,12 @@ class TokenApp:
             thumbprint=peer.thumbprint if peer else None,
             subject=peer.subject if peer else None,
             time=self.clock(),
+            host=lowered.get("host"),
+            subdomain=tenant.subdomain if tenant else None,
+            zone_id=tenant.zone_id if tenant else None,
+            app_tid=tenant.zone_id if tenant and shape and shape.app_tid else None,
+            resources=tuple(lists.get("resource", ())),
+            grant_type=form.get("grant_type"),
         )
         with self.lock:
             self._token_requests.append(record)
@@ -204,7 +263,7 @@ class TokenApp:
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type != FORM_TYPE:
             return oauth_error(400, "invalid_request", f"Content-Type must be {FORM_TYPE}")
-        form, duplicate = parse_form(body)
+        form, duplicate = parse_form(body, REPEATABLE_FIELDS)
         if duplicate is not None:
             return oauth_error(400, "invalid_request", f"{duplicate} given more than once")
         grant_type = form.get("grant_type")
@@ -212,9 +271,25 @@ class TokenApp:
             return oauth_error(400, "invalid_request", "grant_type is required")
         handler = self.grants.get(grant_type)
         if handler is None:
-            supported = " or ".join(self.grants)
-            return oauth_error(400, "unsupported_grant_type", f"only {supported} is supported")
-        call = TokenCall(path, shape, grant_type, form, headers, peer, self.clock())
+            supported = ", ".join(self.grants)
+            verb = "are" if len(self.grants) > 1 else "is"
+            return oauth_error(400, "unsupported_grant_type", f"only {supported} {verb} supported")
+        try:
+            tenant = self.tenants.resolve(_hint(shape, headers, form))
+        except UnknownTenant as exc:
+            return oauth_error(401, "invalid_client", str(exc))
+        resources = tuple(parse_form_lists(body).get("resource", ()))
+        call = TokenCall(
+            path,
+            shape,
+            grant_type,
+            RedactedForm(form),
+            headers,
+            peer,
+            self.clock(),
+            tenant,
+            resources,
+        )
         outcome = handler(self, call)
         if isinstance(outcome, Response):
             return outcome
@@ -247,6 +322,7 @@ class TokenApp:
     def _issue(self, call: TokenCall, grant: Grant) -> Response:
         lifetime = self.token_lifetime
         scope = grant.scope if grant.scope is not None else call.shape.default_scope
+        tenant = grant.tenant if grant.tenant is not None else call.tenant
         with self.lock:
             self._tokens_issued += 1
             index = self._tokens_issued
@@ -262,9 +338,12 @@ class TokenApp:
             expires_at=call.now + lifetime,
             grant_type=call.grant_type,
             shape=call.shape,
+            tenant=tenant,
+            user=grant.user,
+            resources=call.resources,
         )
         if self.jwt_tokens and call.shape.jwt:
-            token = self._jwt(issued, grant.claims)
+            token = self._jwt(issued, grant.claims, call.headers.get("host"))
         else:
             token = secrets.token_urlsafe(32)
         with self.lock:
@@ -276,26 +355,32 @@ class TokenApp:
         }
         if scope is not None:
             body["scope"] = scope
+        if grant.refresh:
+            body["refresh_token"] = grant.refresh_token or self.users.new_refresh_token(
+                grant.client_id, grant.user, tenant, call.path, grant.scope
+            )
         logger.debug("issued token #%d to client %s at %s", index, grant.client_id, call.path)
         return Response(200, json_bytes(body), headers=NO_STORE)
 
-    def _jwt(self, issued: IssuedToken, extra: Mapping[str, Any]) -> str:
-        claims = {
-            "iss": self.issuer,
-            "sub": issued.client_id,
-            "client_id": issued.client_id,
-            "cid": issued.client_id,
-            "azp": issued.client_id,
-            "aud": [issued.client_id],
-            "grant_type": issued.grant_type,
-            "iat": int(issued.issued_at),
-            "exp": int(issued.expires_at),
-            "scope": (issued.scope or "").split(),
-            "cnf": {"x5t#S256": issued.thumbprint},
-            "jti": uuid.uuid4().hex,
-        }
+    def _jwt(self, issued: IssuedToken, extra: Mapping[str, Any], host: str | None) -> str:
+        issuer = self.issuer_of(issued.shape, issued.tenant, host)
+        claims = access_token_claims(issued, issuer)
         claims.update(extra)
         return self.signer.sign(claims)
+
+    def issuer_of(self, shape: TokenShape, tenant: Tenant | None, host: str | None = None) -> str:
+        """The ``iss`` of tokens of `shape` for `tenant`, asked for on `host` (`._claims`)."""
+        return issuer_of(self.base_url, self.issuer, shape, tenant, host)
+
+    # -- logins --
+
+    def handle_authorize(self, path: str, query: str, host: str | None) -> Response:
+        """Answer ``GET`` an authorization endpoint (``TEST_USER`` is logged in)."""
+        return authorize(self, path, query, host, TEST_USER)
+
+    def login(self, authorization_url: str, user: str = TEST_USER) -> str:
+        """The callback URL after `user` logged in at `authorization_url` (no HTTP)."""
+        return login(self, authorization_url, user)
 
     # -- bearer checks --
 
@@ -340,19 +425,17 @@ class TokenApp:
         if refusal is not None or issued is None:
             response = refusal or bearer_error(None)
         else:
-            response = Response(
-                200,
-                json_bytes(
-                    {
-                        "ok": True,
-                        "client_id": issued.client_id,
-                        "namespace": issued.namespace,
-                        "method": method,
-                        "path": path,
-                        "body_length": body_length,
-                    }
-                ),
-            )
+            answer: dict[str, Any] = {
+                "ok": True,
+                "client_id": issued.client_id,
+                "namespace": issued.namespace,
+                "method": method,
+                "path": path,
+                "body_length": body_length,
+            }
+            if issued.beyond_client_credentials:
+                answer.update(issued.facts())
+            response = Response(200, json_bytes(answer))
         self._record_resource(method, path, authorization, peer, response.status, issued)
         return response
 
@@ -380,6 +463,11 @@ class TokenApp:
             status=status,
             client_id=issued.client_id if issued else None,
             token_index=issued.index if issued else None,
+            subdomain=issued.subdomain if issued else None,
+            zone_id=issued.zone_id if issued else None,
+            app_tid=issued.app_tid if issued else None,
+            user=issued.user if issued else None,
+            grant_type=issued.grant_type if issued else None,
         )
         with self.lock:
             self._resource_requests.append(record)
@@ -432,26 +520,26 @@ class TokenApp:
         return self.base_url + XSUAA_TOKEN_PATH
 
     def openid_configuration(self, base_url: str | None = None) -> dict[str, Any]:
-        """The discovery document, for `base_url` (default: the app's)."""
+        """The provider's discovery document, for `base_url` (default: the app's)."""
         base = self.base_url if base_url is None else base_url
-        token_url = base + XSUAA_TOKEN_PATH
-        return {
-            "issuer": token_url,
-            "token_endpoint": token_url,
-            "jwks_uri": base + JWKS_PATH,
-            "grant_types_supported": list(self.grants),
-            "token_endpoint_auth_methods_supported": ["tls_client_auth"],
-            "tls_client_certificate_bound_access_tokens": True,
-            "mtls_endpoint_aliases": {"token_endpoint": token_url},
-        }
+        return provider_document(base, self.grants)
 
-    def handle_document(self, method: str, path: str) -> Response:
-        """``GET`` a document (`documents`, else the openid configuration or JWKS); else 404."""
+    def handle_document(self, method: str, path: str, host: str | None = None) -> Response:
+        """``GET`` a document (`documents`, else the openid configuration or JWKS); else 404.
+
+        On a tenant's `host` (Host header) the openid configuration is that
+        tenant's (XSUAA or IAS), whatever `documents` says.
+        """
         if method != "GET":
             return not_found()
+        if path == OPENID_CONFIGURATION_PATH:
+            document = tenant_document(self.base_url, host, self.grants)
+            if document is not None:
+                return Response(200, json_bytes(document))
         builtin: dict[str, Callable[[], Any]] = {
             OPENID_CONFIGURATION_PATH: self.openid_configuration,
             JWKS_PATH: self.signer.jwks,
+            IAS_JWKS_PATH: self.signer.jwks,
         }
         source = self.documents.get(path, builtin.get(path))
         if source is None:
@@ -502,6 +590,7 @@ class TokenApp:
             "issued_at": issued.issued_at,
             "expires_at": issued.expires_at,
             "revoked": revoked,
+            **issued.facts(),
         }
 
     def clear_records(self) -> None:

@@ -4,6 +4,7 @@ Everything here is generated at run time from a `Credential` and a running
 `TokenServer`, so no private key is ever committed::
 
     xsuaa_service_key(server, credential, client_id)      XSUAA x509 service key
+    ias_service_key(server, credential, client_id)        SAP Identity Services (IAS)
     credstore_service_key(server, credential, client_id)  Credential Store oauth:mtls
     vcap_services(("xsuaa", "my-xsuaa", key), ...)        VCAP_SERVICES JSON text
     write_kubernetes_binding(directory, key)              a mounted binding Secret
@@ -41,6 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ._tenants import DEFAULT_IAS_TENANT, IAS_DOMAIN, LOGIN_DOMAIN
+
 if TYPE_CHECKING:
     from ._pki import Credential
     from ._server import TokenServer
@@ -49,6 +52,7 @@ __all__ = [
     "MetadataFormat",
     "SingleFile",
     "credstore_service_key",
+    "ias_service_key",
     "rotate_kubernetes_binding",
     "vcap_services",
     "write_kubernetes_binding",
@@ -64,10 +68,11 @@ _DATA_LINK = "..data"
 _DATA_TMP_LINK = "..data_tmp"
 _FILE_MODE = 0o644  # a Secret volume's defaultMode (420)
 _DIR_MODE = 0o755
-_PLANS = {"xsuaa": "application", "credstore": "standard"}
+_PLANS = {"xsuaa": "application", "credstore": "standard", "identity": "application"}
 _TAGS = {
     "xsuaa": ["xsuaa"],
     "credstore": ["credstore", "securestore", "keystore", "credentials"],
+    "identity": ["ias"],
 }
 
 
@@ -91,41 +96,92 @@ def xsuaa_service_key(
     credential_type: str | None = "X509_GENERATED",
     escape_newlines: bool = False,
     wrap: bool = False,
+    subdomain: str | None = None,
 ) -> dict[str, Any]:
     """An XSUAA x509 service key whose endpoints all point at `server`.
 
     `certificate` is the chain PEM (leaf first), `key` the PKCS#1 PEM (the
-    natural PEM for non-RSA keys); `certurl` and `url` are both ``server.url``
-    (an ``https://<sub>.authentication.<region>...`` host cannot be served on
-    loopback). ``credential_type=None`` leaves the ``credential-type`` field out.
+    natural PEM for non-RSA keys). Without `subdomain`, `certurl` and `url`
+    are both ``server.url`` (localhost) and ``uaadomain`` is ``localhost``.
+    With it, the binding is the provider tenant `subdomain`'s, like a real
+    one: ``url`` is ``server.login_url(subdomain)``, ``certurl``
+    ``server.tenant_url(subdomain)``, ``uaadomain`` ``authentication.mtls.test``,
+    ``identityzone`` and ``subdomain`` the subdomain, and the zone ids
+    ``server.zone_id_of(subdomain)``; those names resolve only inside
+    `loopback_names` (the ``mtls_server`` fixture enters it).
+    ``credential_type=None`` leaves the ``credential-type`` field out.
     `escape_newlines` writes the PEM newlines as the two characters ``\\n``, as
     in a pasted service key; `wrap` returns ``{"credentials": {...}}``, as
     ``cf service-key`` output and VCAP entries carry it. There is no
     ``verificationkey``.
     """
     instance = str(uuid.uuid4())
-    zone = str(uuid.uuid4())
+    zone = str(uuid.uuid4()) if subdomain is None else server.zone_id_of(subdomain)
+    url = server.url if subdomain is None else server.login_url(subdomain)
     credentials: dict[str, Any] = {
         "apiurl": server.url,
         "certificate": _pem(credential.chain_pem, escape_newlines),
-        "certurl": server.url,
+        "certurl": server.url if subdomain is None else server.tenant_url(subdomain),
         "clientid": client_id,
         "credential-type": credential_type,
-        "identityzone": "mtls-auth-testing",
+        "identityzone": "mtls-auth-testing" if subdomain is None else subdomain.lower(),
         "identityzoneid": zone,
         "key": _pem(credential.key_pem, escape_newlines),
         "sburl": server.url,
         "serviceInstanceId": instance,
         "subaccountid": zone,
         "tenantid": zone,
-        "tenantmode": "dedicated",
-        "uaadomain": "localhost",
-        "url": server.url,
+        "tenantmode": "dedicated" if subdomain is None else "shared",
+        "uaadomain": "localhost" if subdomain is None else LOGIN_DOMAIN,
+        "url": url,
         "xsappname": _xsappname(client_id),
         "zoneid": zone,
     }
+    if subdomain is not None:
+        credentials["subdomain"] = subdomain.lower()
     if credential_type is None:
         del credentials["credential-type"]
+    return {"credentials": credentials} if wrap else credentials
+
+
+def ias_service_key(
+    server: TokenServer,
+    credential: Credential,
+    client_id: str,
+    *,
+    tenant: str = DEFAULT_IAS_TENANT,
+    app_tid: str | None = None,
+    credential_type: str = "X509_GENERATED",
+    endpoints: bool = True,
+    escape_newlines: bool = False,
+    wrap: bool = False,
+) -> dict[str, Any]:
+    """A SAP Identity Services (IAS) binding, as SAP writes it, for IAS tenant `tenant`.
+
+    ``clientid``, ``url`` (``server.ias_url(tenant)``, which resolves inside
+    `loopback_names`), ``certificate`` (the chain PEM), ``key``,
+    ``credential-type``, ``app_tid`` (default ``server.zone_id_of(tenant)``:
+    the tenant's zone id, a deterministic UUID) and ``domains``
+    (``["accounts.mtls.test"]``); with `endpoints`, also ``token_endpoint``
+    (``server.ias_token_url(tenant)``) and ``authorization_endpoint``.
+    ``credential_type="X509_ATTESTED"`` leaves ``key`` out, as SAP's
+    zero-trust identity does. `escape_newlines` and `wrap` work as in
+    `xsuaa_service_key`.
+    """
+    url = server.ias_url(tenant)
+    credentials: dict[str, Any] = {
+        "app_tid": server.zone_id_of(tenant) if app_tid is None else app_tid,
+        "certificate": _pem(credential.chain_pem, escape_newlines),
+        "clientid": client_id,
+        "credential-type": credential_type,
+        "domains": [IAS_DOMAIN],
+        "url": url,
+    }
+    if credential_type.upper() != "X509_ATTESTED":
+        credentials["key"] = _pem(credential.key_pem, escape_newlines)
+    if endpoints:
+        credentials["authorization_endpoint"] = url + "/oauth2/authorize"
+        credentials["token_endpoint"] = server.ias_token_url(tenant)
     return {"credentials": credentials} if wrap else credentials
 
 

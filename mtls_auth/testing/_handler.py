@@ -34,7 +34,7 @@ from ._wire import JSON_TYPE, Response, json_bytes
 if TYPE_CHECKING:
     from ._transport import _HTTPSServer
 
-logger = logging.getLogger("mtls_auth.testing")
+logger = logging.getLogger(__name__)
 
 _MAX_FORM_BYTES = 1 << 20
 _READ_CHUNK = 1 << 16
@@ -162,6 +162,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._token(path, content)
             elif route == "resource":
                 self._resource(path, authorization, length)
+            elif route == "authorize":
+                self._authorize(path, target.query)
             elif route == "credentials":
                 content_type = self.headers.get("Content-Type")
                 self._send(
@@ -178,7 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 fault = self.server.listener.faults.take(path, token_endpoint=False)
                 canned = self._apply_fault(fault) if fault is not None else None
-                self._send(canned or app.handle_document(self.command, path))
+                host = self.headers.get("Host")
+                self._send(canned or app.handle_document(self.command, path, host))
         except _ResetConnection:
             self._reset()
         except _StreamFault as streamed:
@@ -189,7 +192,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(oauth_error(405, "invalid_request", "use POST"), extra=(("Allow", "POST"),))
             return
         listener = self.server.listener
-        listener.app.record_token_request(path, content, self.peer)
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), value)
+        listener.app.record_token_request(path, content, self.peer, headers)
         fault = listener.faults.take(path, token_endpoint=True)
         if fault is not None:
             logger.debug("token request to %s: injected fault %s", path, fault.kind)
@@ -197,10 +203,17 @@ class _Handler(BaseHTTPRequestHandler):
             if canned is not None:
                 self._send(canned)
                 return
-        headers: dict[str, str] = {}
-        for name, value in self.headers.items():
-            headers.setdefault(name.lower(), value)
         self._send(listener.app.handle_token(path, headers, content, self.peer))
+
+    def _authorize(self, path: str, query: str) -> None:
+        if self.command != "GET":
+            self._send(oauth_error(405, "invalid_request", "use GET"), extra=(("Allow", "GET"),))
+            return
+        listener = self.server.listener
+        fault = listener.faults.take(path, token_endpoint=False)
+        canned = self._apply_fault(fault) if fault is not None else None
+        host = self.headers.get("Host")
+        self._send(canned or listener.app.handle_authorize(path, query, host))
 
     def _resource(self, path: str, authorization: str | None, length: int) -> None:
         listener = self.server.listener

@@ -5,7 +5,7 @@ bindings look in real life::
 
     root CA  (trust anchor: the only certificate a verifier should trust)
     └── intermediate CA
-        ├── server  (DNS localhost, IP 127.0.0.1 and ::1)
+        ├── server  (DNS localhost and the kit's tenant domains, IP 127.0.0.1 and ::1)
         └── clients (`PKI.issue_client`)
 
 Every certificate carries the extensions OpenSSL's ``X509_V_FLAG_X509_STRICT``
@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 from .._redact import safe_repr
+from ._tenants import IAS_DOMAIN, LOGIN_DOMAIN, TENANT_DOMAIN
 
-__all__ = ["PKI", "Credential", "IssuerName", "KeyType", "PrivateKey"]
+__all__ = ["PKI", "SERVER_DNS_NAMES", "Credential", "IssuerName", "KeyType", "PrivateKey"]
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
 KeyType = Literal["rsa", "rsa4096", "ec", "ec384", "ed25519"]
@@ -48,6 +49,15 @@ _CLIENT_LIFETIME = timedelta(days=7)
 _SERVER_LIFETIME = timedelta(days=365)
 _CA_LIFETIME = timedelta(days=3650)
 _BACKDATE = timedelta(hours=1)
+
+#: The DNS names of `PKI.server`: localhost, and every tenant under the kit's
+#: domains (`TENANT_DOMAIN`, `LOGIN_DOMAIN`, `IAS_DOMAIN`; one label each).
+SERVER_DNS_NAMES = (
+    "localhost",
+    f"*.{TENANT_DOMAIN}",
+    f"*.{LOGIN_DOMAIN}",
+    f"*.{IAS_DOMAIN}",
+)
 
 
 def generate_key(key_type: KeyType = "rsa") -> PrivateKey:
@@ -366,11 +376,13 @@ class PKI:
 
     @property
     def server(self) -> Credential:
-        """Server credential for ``localhost``, ``127.0.0.1`` and ``::1``.
+        """Server credential for ``localhost``, ``127.0.0.1``, ``::1`` and the tenant names.
 
-        Its `chain_pem` includes the intermediate.
+        Its DNS names are `SERVER_DNS_NAMES`: ``localhost`` and the wildcards
+        ``*.authentication.cert.mtls.test``, ``*.authentication.mtls.test`` and
+        ``*.accounts.mtls.test``. Its `chain_pem` includes the intermediate.
         """
-        return self._cached("server", lambda: self.issue_server())
+        return self._cached("server", lambda: self.issue_server(SERVER_DNS_NAMES))
 
     @property
     def untrusted_root(self) -> Credential:

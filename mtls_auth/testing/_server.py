@@ -1,14 +1,30 @@
 """A real loopback HTTPS token server that requires and verifies client certificates.
 
-`TokenServer` speaks the two token endpoint shapes the library targets and a
+`TokenServer` speaks the token endpoint shapes the library targets and a
 protected resource, over real TLS on ``127.0.0.1``::
 
     POST /oauth/token                      XSUAA (opaque token, or RS256 JWT)
+    POST /oauth2/token                     SAP Identity Services (IAS; like XSUAA)
     POST /api/v1/token                     Credential Store (always opaque)
-    GET  /.well-known/openid-configuration token_endpoint + mtls_endpoint_aliases
-    GET  /token_keys                       JWKS for the JWT signing key
+    GET  /oauth/authorize, /oauth2/authorize  login: 302 to the redirect URI with a code
+    GET  /.well-known/openid-configuration endpoints, grants, mtls_endpoint_aliases
+    GET  /token_keys, /oauth2/certs        JWKS for the JWT signing key
     ANY  /resource, /resource/...          bearer-protected resource
     ANY  /resource/always-401              always 401 invalid_token
+
+The same port answers for tenants under reserved ``.test`` names (resolve
+them with `loopback_names`)::
+
+    https://<subdomain>.authentication.cert.mtls.test:PORT   a tenant's token endpoint
+    https://<subdomain>.authentication.mtls.test:PORT        a tenant's login
+    https://<tenant>.accounts.mtls.test:PORT                 an IAS tenant
+
+A token request's tenant is its ``x-zid`` header (a zone id), else (IAS) its
+``app_tid`` form field, else the first label of its host; else it is for the
+provider, as on ``localhost``. Tokens carry their tenant (JWT ``zid``,
+``ext_attr.zdn``, IAS ``app_tid``). Besides client credentials the server
+knows the jwt-bearer, authorization code (PKCE S256), refresh token and
+password grants (`._grants`).
 
 It trusts only the PKI root, so clients must send their intermediate. Each
 connection gets its own daemon thread, which also runs the TLS handshake (with
@@ -35,10 +51,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .._redact import safe_repr
 from ._app import TokenApp
+from ._claims import mint_user_token
 from ._credstore_api import CREDENTIALS_PATH
 from ._faults import Fault, FaultQueue, FaultStream
 from ._oauth import (
     CREDSTORE_TOKEN_PATH,
+    IAS_TOKEN_PATH,
     JWKS_PATH,
     OPENID_CONFIGURATION_PATH,
     RESOURCE_PATH,
@@ -46,10 +64,19 @@ from ._oauth import (
     ResourceRequest,
     TokenRequest,
 )
+from ._tenants import (
+    DEFAULT_IAS_TENANT,
+    IAS_DOMAIN,
+    LOGIN_DOMAIN,
+    TENANT_DOMAIN,
+    check_subdomain,
+)
 from ._transport import Listener, server_ssl_context
 from ._transport import _load_cert_chain as _load_cert_chain
+from ._users import TEST_USER
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import TracebackType
 
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -59,6 +86,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CREDSTORE_TOKEN_PATH",
+    "IAS_TOKEN_PATH",
     "XSUAA_TOKEN_PATH",
     "Fault",
     "FaultStream",
@@ -67,7 +95,7 @@ __all__ = [
     "TokenServer",
 ]
 
-logger = logging.getLogger("mtls_auth.testing")
+logger = logging.getLogger(__name__)
 
 
 @safe_repr
@@ -89,6 +117,10 @@ class TokenServer:
     reads the TLS alert (with TLS 1.3 an immediate close can reset the
     connection before the client has read it).
 
+    Tenants: `strict_tenants` (settable) refuses tenants not added with
+    `add_tenant` (401 ``invalid_client``); off, they are made on first use.
+    A registered client id is valid in every tenant.
+
     Use it as a context manager or call `start` and `stop`. Every switch is
     safe to flip from the test thread while requests are in flight.
     """
@@ -106,12 +138,17 @@ class TokenServer:
         handshake_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         handshake_linger: float = 0.0,
+        strict_tenants: bool = False,
     ) -> None:
         self.pki = pki
         self.require_client_cert = require_client_cert
         self.server_credential = server_credential
         self._app = TokenApp(
-            token_lifetime=token_lifetime, clock=clock, jwt_tokens=jwt_tokens, cert_bound=cert_bound
+            token_lifetime=token_lifetime,
+            clock=clock,
+            jwt_tokens=jwt_tokens,
+            cert_bound=cert_bound,
+            strict_tenants=strict_tenants,
         )
         self._faults = FaultQueue()
         self._listener = Listener(
@@ -125,6 +162,9 @@ class TokenServer:
         # under the names the test suite's secret canary reads.
         self._lock = self._app.lock
         self._tokens = self._app.tokens
+        # Every authorization code, refresh token and minted user token handed
+        # out (secret -> what it is): a live dict that only grows, for the canary.
+        self._grant_secrets = self._app.users.secrets
 
     # -- switches (the app and the listener read them on every request) -------------
 
@@ -163,6 +203,31 @@ class TokenServer:
     @cert_bound.setter
     def cert_bound(self, value: bool) -> None:
         self._app.cert_bound = value
+
+    @property
+    def strict_tenants(self) -> bool:
+        """Whether unknown tenants get 401 ``invalid_client`` ("unknown tenant"); settable.
+
+        Off (the default), an unknown subdomain or zone id is a new tenant on
+        first use (a subdomain's zone id: `zone_id_of`).
+        """
+        return self._app.strict_tenants
+
+    @strict_tenants.setter
+    def strict_tenants(self, value: bool) -> None:
+        self._app.strict_tenants = value
+
+    @property
+    def rotate_refresh_tokens(self) -> bool:
+        """Whether each refresh answers a new refresh token and voids the old one; settable.
+
+        Default True; off, the same refresh token comes back and stays valid.
+        """
+        return self._app.users.rotate_refresh_tokens
+
+    @rotate_refresh_tokens.setter
+    def rotate_refresh_tokens(self, value: bool) -> None:
+        self._app.users.rotate_refresh_tokens = value
 
     @property
     def handshake_timeout(self) -> float:
@@ -263,6 +328,32 @@ class TokenServer:
         """The protected resource, ``url + "/resource"``."""
         return self.url + RESOURCE_PATH
 
+    def _on(self, host: str) -> str:
+        return f"https://{host}:{self.port}"
+
+    def tenant_url(self, subdomain: str) -> str:
+        """``https://<subdomain>.authentication.cert.mtls.test:PORT``: a tenant's cert host."""
+        return self._on(f"{check_subdomain(subdomain)}.{TENANT_DOMAIN}")
+
+    def tenant_token_url(self, subdomain: str) -> str:
+        """The tenant's XSUAA token endpoint, ``tenant_url(subdomain) + "/oauth/token"``."""
+        return self.tenant_url(subdomain) + XSUAA_TOKEN_PATH
+
+    def login_url(self, subdomain: str) -> str:
+        """``https://<subdomain>.authentication.mtls.test:PORT``: the tenant's login host.
+
+        Its authorization endpoint is ``login_url(subdomain) + "/oauth/authorize"``.
+        """
+        return self._on(f"{check_subdomain(subdomain)}.{LOGIN_DOMAIN}")
+
+    def ias_url(self, tenant: str = DEFAULT_IAS_TENANT) -> str:
+        """``https://<tenant>.accounts.mtls.test:PORT``: an IAS tenant (and its issuer)."""
+        return self._on(f"{check_subdomain(tenant)}.{IAS_DOMAIN}")
+
+    def ias_token_url(self, tenant: str = DEFAULT_IAS_TENANT) -> str:
+        """The IAS token endpoint, ``ias_url(tenant) + "/oauth2/token"``."""
+        return self.ias_url(tenant) + IAS_TOKEN_PATH
+
     @property
     def ca_pem(self) -> str:
         """The PKI root, for clients' ``verify=``."""
@@ -298,8 +389,97 @@ class TokenServer:
         self._app.revoke_certificate(thumbprint)
 
     def revoke_all(self) -> None:
-        """Invalidate every token issued so far (later tokens are unaffected)."""
+        """Invalidate every access token issued so far (later tokens are unaffected)."""
         self._app.revoke_all()
+
+    def revoke_refresh_tokens(self) -> None:
+        """Make every refresh token issued so far fail with 400 ``invalid_grant``."""
+        self._app.users.revoke_refresh_tokens()
+
+    # -- tenants -------------------------------------------------------------------------
+
+    def add_tenant(self, subdomain: str, zone_id: str | None = None) -> str:
+        """Register tenant `subdomain` (zone id default: `zone_id_of`); its zone id.
+
+        Adding it again returns the same zone id. Needed only with `strict_tenants`.
+        """
+        return self._app.tenants.add(subdomain, zone_id)
+
+    def zone_id_of(self, subdomain: str) -> str:
+        """The zone id of `subdomain`: the registered one, else the one it gets on first use.
+
+        Unless given to `add_tenant`, a deterministic UUID5 of the subdomain
+        (the same in every run).
+        """
+        return self._app.tenants.zone_id_of(subdomain)
+
+    # -- users and logins ---------------------------------------------------------------
+
+    def add_user(self, username: str, password: str) -> None:
+        """Let `username` use the password grant with `password`.
+
+        `TEST_USER` (``"test-user"``) with `TEST_PASSWORD` (``"test-password"``)
+        is there from the start.
+        """
+        self._app.users.add_user(username, password)
+
+    def login(self, authorization_url: str, user: str = TEST_USER) -> str:
+        """Log `user` in at `authorization_url`; the callback URL the browser would go to.
+
+        `authorization_url` is what the client sends a browser to:
+        ``login_url(subdomain) + "/oauth/authorize?..."`` (XSUAA),
+        ``ias_url(tenant) + "/oauth2/authorize?..."`` (IAS) or the same on
+        ``url``, with ``response_type=code``, ``client_id``, ``redirect_uri``,
+        ``state``, ``code_challenge`` and ``code_challenge_method=S256``. The
+        answer is ``redirect_uri?code=...&state=...`` (or ``?error=...``), as
+        over HTTP, but without any: the server requires client certificates on
+        every connection (a browser has none), so this is the supported way to
+        complete a login in a test. ``GET`` on the endpoints works too, for
+        clients with a certificate, logged in as `TEST_USER`. Raises
+        ValueError when there is no callback to send an error to (a missing
+        or unusable ``redirect_uri``, or not an authorization URL).
+        """
+        return self._app.login(authorization_url, user)
+
+    def deny_next_login(self, error: str = "access_denied") -> None:
+        """Make the next login answer ``error`` (in the callback URL) instead of a code."""
+        self._app.users.deny_next_login(error)
+
+    def mint_user_token(
+        self,
+        sub: str = TEST_USER,
+        *,
+        zid: str | None = None,
+        app_tid: str | None = None,
+        subdomain: str | None = None,
+        lifetime: float = 600,
+        exp: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A user's token (RS256 JWT) that the jwt-bearer grant accepts as ``assertion``.
+
+        Signed with the user key (`user_jwks`), not the access-token key. Its
+        claims: ``iss`` (the tenant's issuer), ``sub`` and ``user_name``
+        (`sub`), ``zid``, ``app_tid`` and ``ext_attr.zdn`` of the tenant
+        (`subdomain`, else `zid`, else `app_tid`; ``zid`` and ``app_tid``
+        default to its zone id), ``iat``, ``exp`` (wall clock + `lifetime`,
+        or `exp`) and ``jti``; `extra` last (a None value removes a claim).
+        """
+        return mint_user_token(
+            self._app,
+            sub,
+            zid=zid,
+            app_tid=app_tid,
+            subdomain=subdomain,
+            lifetime=lifetime,
+            exp=exp,
+            extra=extra,
+        )
+
+    @property
+    def user_jwks(self) -> dict[str, Any]:
+        """The JWKS of the user-token key (which `mint_user_token` signs with)."""
+        return self._app.users.signer.jwks()
 
     # -- faults -------------------------------------------------------------------
 

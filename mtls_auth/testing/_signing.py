@@ -1,11 +1,14 @@
-"""RS256 signing of the token server's JWT access tokens, and the JWKS that verifies them."""
+"""RS256 signing of the token server's JWTs (access tokens, user tokens), their JWKS and checks."""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import json
 import threading
 from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -21,6 +24,10 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def _int_b64url(value: int) -> str:
     return _b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 
@@ -28,13 +35,15 @@ def _int_b64url(value: int) -> str:
 class JwtSigner:
     """One RSA signing key (2048 bits, generated on first use) and its key id.
 
-    `sign` turns a claims mapping into a compact RS256 JWT; `jwks` is the key
-    set a verifier fetches. Thread-safe.
+    `sign` turns a claims mapping into a compact RS256 JWT, `verify` checks
+    one; `jwks` is the key set a verifier fetches. Thread-safe.
     """
 
     kid = "mtls-auth-testing-1"
 
-    def __init__(self) -> None:
+    def __init__(self, kid: str | None = None) -> None:
+        if kid is not None:
+            self.kid = kid
         self._lock = threading.Lock()
         self._key: rsa.RSAPrivateKey | None = None
 
@@ -73,3 +82,29 @@ class JwtSigner:
             signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
         )
         return f"{signing_input}.{_b64url(signature)}"
+
+    def verify(self, token: str) -> dict[str, Any] | str:
+        """The claims of `token` if this key signed it (RS256), else why not (no secret in it)."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            return "the assertion is not a JWT"
+        try:
+            header = json.loads(_unb64url(parts[0]))
+            claims = json.loads(_unb64url(parts[1]))
+            signature = _unb64url(parts[2])
+        except (ValueError, binascii.Error):
+            return "the assertion is not a JWT"
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return "the assertion is not a JWT"
+        if header.get("alg") != "RS256":
+            return "the assertion must be signed with RS256"
+        try:
+            self.public_key.verify(
+                signature,
+                f"{parts[0]}.{parts[1]}".encode("ascii"),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+        except (InvalidSignature, UnicodeEncodeError):
+            return "the assertion is not signed by a key this server trusts"
+        return claims

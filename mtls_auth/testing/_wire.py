@@ -16,13 +16,20 @@ class Response:
     """One HTTP answer: status, body, its Content-Type and any further headers.
 
     The transport adds ``Content-Type`` and ``Content-Length`` itself. The
-    body stays out of the repr: it may carry an access token.
+    body and the header values stay out of the repr: they may carry an access
+    token, or an authorization code in a ``Location``.
     """
 
     status: int
     body: bytes = field(repr=False)
     content_type: str = JSON_TYPE
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        names = [name for name, _ in self.headers]
+        return (
+            f"Response(status={self.status}, content_type={self.content_type!r}, headers={names})"
+        )
 
     def json(self) -> Any:
         """The body parsed as JSON (for tests of the app)."""
