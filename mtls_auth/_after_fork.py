@@ -21,7 +21,7 @@ from typing import Protocol
 
 __all__ = ["ForkAware", "register"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 
 class ForkAware(Protocol):

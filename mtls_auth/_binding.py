@@ -29,12 +29,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import BindingError
-from ._redact import Secret, safe_repr
+from ._redact import Secret, guarded, safe_repr
 from ._urls import https_url
 
 __all__ = ["Binding", "credstore_api_url", "loads_json", "parse_credentials", "unwrap"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 _FRACTION = re.compile(r"^(.*?)\.(\d+)(.*)$")
 _X509_TYPES = {"x509", "x509_generated", "x509_provided"}
@@ -353,6 +353,7 @@ def _parse_generic(credentials: Mapping[str, Any], where: str) -> Binding:
     )
 
 
+@guarded
 def parse_credentials(data: Mapping[str, Any], where: str = "mapping") -> Binding:
     """Recognise an XSUAA, Credential Store or generic mTLS binding."""
     if not isinstance(data, Mapping):

@@ -26,15 +26,15 @@ first, so a service that sees many tenants or users keeps a bounded cache.
 The same cache serves threads and coroutines, on any number of event loops,
 at once. Its state is guarded by a `threading.Lock` that is only ever held for a
 few attribute updates, never across I/O, an `await` or a `yield`. Coroutines
-wait on an `asyncio.Future` of their own loop that the flight resolves with
-`call_soon_threadsafe`; the async fetch itself runs in a task of its own, so a
-cancelled caller (httpx closing the auth generator, a request timeout) never
-strands the others.
+wait on a `Pending` of their own loop (asyncio or trio, see `_aio`) that the
+flight resolves with `call_soon_threadsafe`; the async fetch itself runs
+detached from its caller (an asyncio task, a trio system task), so a cancelled
+caller (httpx closing the auth generator, a request timeout) never strands the
+others.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import enum
@@ -45,16 +45,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from . import _after_fork as after_fork
+from . import _aio as aio
 from ._errors import TokenError, TokenRequestError
 from ._redact import safe_repr
 from ._token import Token
 
 __all__ = ["Freshness", "RefreshPolicy", "TokenCache"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 
 class Freshness(enum.Enum):
@@ -106,39 +107,35 @@ class _Flight:
         "token",
     )
 
-    def __init__(
-        self, key: Hashable, loop: asyncio.AbstractEventLoop | None, deadline: float
-    ) -> None:
+    def __init__(self, key: Hashable, loop: aio.Loop | None, deadline: float) -> None:
         self.key = key
+        #: The event loop running the fetch (None: a thread runs it).
         self.loop = loop
         #: time.monotonic() after which the fetch counts as abandoned.
         self.deadline = deadline
         self.epoch = 0
-        self.task: asyncio.Future[Token] | None = None
+        #: The asyncio task running the fetch, if asyncio runs it.
+        self.task: Any = None
         self.token: Token | None = None
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._done = False
-        self._callbacks: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Token]]] = []
+        self._callbacks: list[tuple[aio.Loop, aio.Pending[None]]] = []
 
     def finish(self, token: Token | None = None, error: BaseException | None = None) -> None:
         if error is not None and not isinstance(error, Exception):
             # KeyboardInterrupt, CancelledError: the fetch was abandoned. Waiters
             # get an ordinary error and the next caller starts a new fetch.
-            interrupted = TokenRequestError(
-                "the token fetch this request was waiting for was interrupted"
-            )
-            interrupted.__cause__ = None
-            error = interrupted
+            error = _interrupted()
         with self._lock:
             self.token, self.error, self._done = token, error, True
             callbacks, self._callbacks = self._callbacks, []
         self._event.set()
-        for loop, future in callbacks:
+        for loop, pending in callbacks:
             # A closed loop raises RuntimeError: nobody is waiting there any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, future, token, error)
+                loop.call_soon_threadsafe(pending.resolve, None, None)
 
     @property
     def done(self) -> bool:
@@ -161,7 +158,7 @@ class _Flight:
         if now > self.deadline:
             return True
         loop = self.loop
-        return loop is not None and (loop.is_closed() or not loop.is_running())
+        return loop is not None and not loop.alive()
 
     def wait(self, timeout: float) -> Token:
         if not self._event.wait(timeout):
@@ -171,38 +168,26 @@ class _Flight:
         return self.result()
 
     async def wait_async(self, timeout: float) -> Token:
-        loop = asyncio.get_running_loop()
+        loop = aio.current()
         with self._lock:
-            if not self._done:
-                future: asyncio.Future[Token] = loop.create_future()
-                self._callbacks.append((loop, future))
-            else:
+            if self._done:
                 return self.result()
-        # A waiter cancelled here only drops its own future; the fetch goes on.
+            pending: aio.Pending[None] = loop.pending()
+            self._callbacks.append((loop, pending))
+        # A waiter cancelled here only drops its own wait; the fetch goes on.
         try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+            await pending.wait(timeout)
+        except TimeoutError:
             raise TokenRequestError(
                 f"gave up after {timeout:.0f}s waiting for a token fetch in progress elsewhere"
             ) from None
+        return self.result()
 
 
-def _resolve(
-    future: asyncio.Future[Token], token: Token | None, error: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(token)  # type: ignore[arg-type]
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+def _interrupted() -> TokenRequestError:
+    error = TokenRequestError("the token fetch this request was waiting for was interrupted")
+    error.__cause__ = None
+    return error
 
 
 class _Entry:
@@ -307,7 +292,8 @@ class TokenCache:
             except BaseException as exc:  # noqa: BLE001 - re-raised by _failed; waiters must hear of it
                 return self._failed(flight, exc, fallback)
             return self._store(flight, token)
-        if flight.loop is not None and flight.loop is _running_loop():
+        running = aio.current_or_none() if flight.loop is not None else None
+        if running is not None and flight.loop is not None and flight.loop.ident is running.ident:
             # A sync client used inside the very event loop that runs the
             # fetch: waiting would block that loop forever. Fetch alone.
             return fetch()
@@ -324,7 +310,7 @@ class TokenCache:
         token = self.current(key)
         if token is not None:
             return token
-        loop = asyncio.get_running_loop()
+        loop = aio.current()
         action, flight, fallback = self._decide(key, loop)
         if action == _USE:
             assert fallback is not None
@@ -336,29 +322,47 @@ class TokenCache:
             except TokenRequestError:
                 self._drop_if_current(flight)
                 raise
-        # The fetch runs as its own task: if this caller is cancelled, the
-        # others still get their token. shield() keeps our cancellation from
-        # reaching it. A task cancelled before its first step never runs
-        # _run_async's except clause (asyncio.run cancels leftovers on exit):
-        # _settle releases the flight from its done callback.
-        task = loop.create_task(self._run_async(flight, fetch, fallback))
-        flight.task = task
-        task.add_done_callback(functools.partial(self._settle, flight))
-        return await asyncio.shield(task)
+        # The fetch runs detached (an asyncio task, a trio system task): if this
+        # caller is cancelled, the others still get their token, and this caller
+        # awaits its own outcome like a waiter. A task cancelled before its
+        # first step never runs _run_async's except clause (asyncio.run cancels
+        # leftovers on exit): _settle, run when it ends by any path, releases
+        # the flight.
+        outcome: aio.Pending[Token] = loop.pending()
+        flight.task = loop.spawn_detached(
+            functools.partial(self._run_async, flight, fetch, fallback, outcome),
+            functools.partial(self._settle, flight, outcome),
+        )
+        return await outcome.wait(None)
 
     async def _run_async(
-        self, flight: _Flight, fetch: Callable[[], Awaitable[Token]], fallback: Token | None
-    ) -> Token:
+        self,
+        flight: _Flight,
+        fetch: Callable[[], Awaitable[Token]],
+        fallback: Token | None,
+        outcome: aio.Pending[Token],
+    ) -> None:
         try:
-            token = await fetch()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by _failed; waiters must hear of it
-            return self._failed(flight, exc, fallback)
-        return self._store(flight, token)
+            try:
+                token = await fetch()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by _failed; waiters must hear of it
+                token = self._failed(flight, exc, fallback)
+            else:
+                token = self._store(flight, token)
+        except Exception as exc:  # noqa: BLE001 - the caller gets it through `outcome`
+            outcome.resolve(None, exc)
+        except BaseException:
+            # Cancelled (the loop shutting down): the caller hears of an
+            # interruption, and the cancellation goes on to the runtime.
+            outcome.resolve(None, _interrupted())
+            raise
+        else:
+            outcome.resolve(token, None)
 
     # -- shared bookkeeping --------------------------------------------------------------
 
     def _decide(
-        self, key: Hashable, loop: asyncio.AbstractEventLoop | None
+        self, key: Hashable, loop: aio.Loop | None
     ) -> tuple[str, _Flight | None, Token | None]:
         """Under the lock: use a token, wait for a flight, or start one."""
         with self._lock:
@@ -390,7 +394,7 @@ class TokenCache:
                 return _WAIT, flight, None
             return _FETCH, self._new_flight(key, loop), None
 
-    def _new_flight(self, key: Hashable, loop: asyncio.AbstractEventLoop | None) -> _Flight:
+    def _new_flight(self, key: Hashable, loop: aio.Loop | None) -> _Flight:
         flight = _Flight(key, loop, time.monotonic() + self.wait_timeout)
         flight.epoch = self._epoch
         self._flights[key] = flight
@@ -402,13 +406,15 @@ class TokenCache:
             if self._flights.get(flight.key) is flight and not flight.done:
                 del self._flights[flight.key]
 
-    def _settle(self, flight: _Flight, task: asyncio.Future[Token]) -> None:
+    def _settle(self, flight: _Flight, outcome: aio.Pending[Token]) -> None:
+        """The detached fetch ended: if it never finished its flight, it was cancelled."""
+        outcome.resolve(None, _interrupted())  # ignored if it already has its outcome
         if flight.done:
             return
         with self._lock:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
-        flight.finish(error=asyncio.CancelledError() if task.cancelled() else task.exception())
+        flight.finish(error=_interrupted())
 
     def _store(self, flight: _Flight, token: Token) -> Token:
         key = flight.key

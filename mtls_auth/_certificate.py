@@ -41,7 +41,7 @@ __all__ = [
     "coerce_certificate",
 ]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 # Markers only: BEGIN and END lines are paired in one linear pass (a single
 # regex spanning whole blocks backtracks quadratically on hostile input).

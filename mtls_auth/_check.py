@@ -74,19 +74,23 @@ class CheckReport:
         self.token = facts
 
     def error(self, message: str) -> None:
+        """Add a finding that stops the binding from working."""
         self.findings.append(Finding("error", message))
 
     def warning(self, message: str) -> None:
+        """Add a finding that does not stop the binding from working (yet)."""
         self.findings.append(Finding("warning", message))
 
     @property
     def days_left(self) -> float | None:
+        """Days until the certificate expires (negative: expired); None without a certificate."""
         if self.not_after is None:
             return None
         return (self.not_after - self.checked_at).total_seconds() / 86400
 
     @property
     def status(self) -> str:
+        """``ok``, ``warning`` or ``error``: the worst finding."""
         levels = {f.level for f in self.findings}
         return "error" if "error" in levels else "warning" if "warning" in levels else "ok"
 
@@ -96,6 +100,8 @@ class CheckReport:
         return _EXIT_CODES[self.status]
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (what ``mtls-auth check --json`` prints)."""
+
         def iso(moment: datetime.datetime | None) -> str | None:
             return moment.isoformat() if moment is not None else None
 

@@ -128,6 +128,10 @@ def _classify_one(current: BaseException, original: BaseException) -> TransportF
             or "verification failed"
         )
         return TransportFailure("tls_server", str(detail), original)
+    if isinstance(current, ValueError) and type(current).__name__ == "CertificateError":
+        # urllib3 1.x matches host names itself (ssl_match_hostname.CertificateError);
+        # worded as OpenSSL words its own check, whichever made it.
+        return TransportFailure("tls_server", f"Hostname mismatch: {current}", original)
     if isinstance(
         current,
         (

@@ -33,6 +33,7 @@ __all__ = ["Secret", "aguarded", "guarded", "redact", "reveal", "safe_repr", "sc
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 C = TypeVar("C", bound=type)
 
 
@@ -125,11 +126,11 @@ def guarded(function: F) -> F:
     return cast(F, entry)
 
 
-def aguarded(function: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def aguarded(function: AF) -> AF:
     """`guarded` for a coroutine function."""
 
     @functools.wraps(function)
-    async def entry(*args: Any, **kwargs: Any) -> T:
+    async def entry(*args: Any, **kwargs: Any) -> Any:
         outer = sys.exc_info()[1]
         try:
             return await function(*args, **kwargs)
@@ -138,7 +139,7 @@ def aguarded(function: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T
             scrub(exc, outer)
             raise
 
-    return entry
+    return cast(AF, entry)
 
 
 def safe_repr(cls: C) -> C:

@@ -25,7 +25,7 @@ from ._token import Token, parse_token_response
 
 __all__ = ["Reply", "RetryPolicy", "Step", "fetch_flow", "parse_retry_after"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
@@ -56,6 +56,10 @@ class RetryPolicy:
             check_seconds(getattr(self, name), f"RetryPolicy {name}", zero=True)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before attempt `attempt` + 1.
+
+        The server's Retry-After (capped), else jittered exponential backoff.
+        """
         if retry_after is not None:
             return min(retry_after, self.max_retry_after)
         ceiling = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
@@ -123,7 +127,10 @@ def fetch_flow(
                 try:
                     parse_token_response(reply, url, sent_at=sent_at)
                 except TokenResponseError as exc:
-                    error = exc
+                    # Kept for the final message, without its traceback: that
+                    # would hold this frame, whose `reply` becomes the next
+                    # attempt's answer, token included.
+                    error = exc.with_traceback(None)
                 else:  # pragma: no cover - a 5xx never parses as a token
                     raise AssertionError("unreachable")
             else:
@@ -140,9 +147,9 @@ def fetch_flow(
         wait = retry.delay(attempt, retry_after)
         if wait >= remaining:
             raise _final(error, f"waiting {wait:.1f}s more would pass the {timeout:g}s deadline")
+        # The error's own text names the URL and what failed: say it once.
         logger.warning(
-            "token request to %s failed (%s); retry %d/%d in %.2fs",
-            url,
+            "%s; retry %d/%d in %.2fs",
             _short(error),
             attempt,
             retry.attempts - 1,

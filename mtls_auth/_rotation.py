@@ -55,7 +55,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 _WARN_AT = (datetime.timedelta(hours=24), datetime.timedelta(hours=1))
 
@@ -391,15 +391,24 @@ class SharedContexts:
     def certificate(self) -> ClientCertificate:
         return self.state.certificate
 
-    def get(self, flavour: str) -> ssl.SSLContext:
-        """The context for `flavour` and the current certificate."""
+    def get(
+        self, flavour: str, prepare: Callable[[ssl.SSLContext], None] | None = None
+    ) -> ssl.SSLContext:
+        """The context for `flavour` and the current certificate.
+
+        `prepare`, if given, adjusts a new context once, before anyone uses it
+        (the same for every call with one flavour).
+        """
         certificate, contexts = self._per_certificate.get()
         context = contexts.get(flavour)
         if context is None:
             with self._lock:
                 context = contexts.get(flavour)
                 if context is None:
-                    context = contexts[flavour] = certificate.ssl_context(self.verify)
+                    context = certificate.ssl_context(self.verify)
+                    if prepare is not None:
+                        prepare(context)
+                    contexts[flavour] = context
         return context
 
     def __repr__(self) -> str:

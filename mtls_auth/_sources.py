@@ -220,6 +220,7 @@ class BindingSource:
         self._fingerprint: tuple[Any, ...] | None = None
 
     @classmethod
+    @guarded  # the binding text may hold a key: no frame keeps it on an error
     def from_input(cls, binding: BindingInput) -> BindingSource:
         if isinstance(binding, Secret):
             binding = binding.value
@@ -256,6 +257,7 @@ class BindingSource:
     def rereadable(self) -> bool:
         return self.path is not None
 
+    @guarded
     def read(self) -> Binding:
         """Read (or re-read) and parse the binding."""
         if self.path is None:
@@ -407,6 +409,7 @@ class BindingFeed:
         self.authorization_url_override: str | None = None
 
     @classmethod
+    @guarded
     def read(cls, binding: BindingInput) -> BindingFeed:
         """Read and parse `binding`, and validate its certificate and key."""
         source = BindingSource.from_input(binding)

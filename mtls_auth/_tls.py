@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["INSECURE_SKIP_VERIFY", "Verify", "build_ssl_context", "load_client_chain"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 #: What `verify=` accepts: True for the system trust store, a path to a CA bundle
 #: file or a c_rehash directory, or CA certificates as PEM text.
@@ -77,10 +77,16 @@ class _InsecureSkipVerify:
         return "INSECURE_SKIP_VERIFY"
 
 
-#: Pass as `verify=` to skip server certificate verification (tests against a
-#: server whose CA you cannot get, never production). Every context built with
-#: it logs a WARNING. `verify=False` is refused, so it cannot happen by accident.
 INSECURE_SKIP_VERIFY = _InsecureSkipVerify()
+"""Pass as ``verify=`` to skip server certificate verification.
+
+For tests against a server whose CA you cannot get, never for production:
+anyone on the path could then impersonate the token endpoint and take the
+client's tokens. Every SSL context built with it logs a WARNING, and its repr
+says what it is. ``verify=False`` (and None) is refused everywhere, so turning
+verification off never happens by accident. The client certificate is still
+presented.
+"""
 
 
 def build_ssl_context(verify: Verify = True) -> ssl.SSLContext:

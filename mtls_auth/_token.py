@@ -22,7 +22,7 @@ from ._redact import Secret, safe_repr
 
 __all__ = ["DEFAULT_LIFETIME", "MAX_LIFETIME", "Token", "TokenInfo", "parse_token_response"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 #: Lifetime assumed when the response has neither `expires_in` nor a JWT `exp`.
 DEFAULT_LIFETIME = 300.0

@@ -27,12 +27,13 @@ except ImportError as exc:  # pragma: no cover - exercised by the core-only tox 
         "mtls_auth.requests needs requests and urllib3: pip install mtls-auth[requests]"
     ) from exc
 
-import asyncio
 import functools
+import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _after_fork as after_fork
+from . import _aio as aio
 from ._auth import AuthFacade
 from ._certificate import CertificateSource, ClientCertificate
 from ._client import ClientState, TokenClient
@@ -40,7 +41,7 @@ from ._http import MAX_RESPONSE_BYTES, HttpRequest, HttpResponse, TransportFailu
 from ._http import classify_failure as _classify
 from ._idle import IdleRelease
 from ._redact import Secret, guarded, redact
-from ._rotation import CertificateFeed, PerCertificate, shared_contexts
+from ._rotation import CertificateFeed, PerCertificate, SharedContexts, shared_contexts
 from ._tls import Verify
 from ._token import Token
 from ._watchdog import SocketRegistry, watchdog
@@ -63,6 +64,26 @@ def __getattr__(name: str) -> Any:
 
         return getattr(credstore_requests, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: urllib3 1.x wraps sockets without a server name when the host is an IP
+#: address, which a context with check_hostname on refuses ("check_hostname
+#: requires server_hostname"); it matches host names (and IP addresses) against
+#: the certificate itself whenever the context does not. urllib3 2 passes the
+#: name and leaves the check to the context.
+_URLLIB3_MATCHES_HOSTNAMES = getattr(urllib3, "__version__", "2").split(".")[0] == "1"
+
+
+def _for_urllib3(context: ssl.SSLContext) -> None:
+    if _URLLIB3_MATCHES_HOSTNAMES:
+        # Still verified: CERT_REQUIRED stays, and urllib3 1.x compares the
+        # certificate's names with the host after every handshake.
+        context.check_hostname = False
+
+
+def urllib3_context(contexts: SharedContexts) -> ssl.SSLContext:
+    """The "urllib3" context of `contexts`, as this urllib3 version needs it."""
+    return contexts.get("urllib3", _for_urllib3)
 
 
 class MtlsAdapter(HTTPAdapter):
@@ -96,7 +117,7 @@ class MtlsAdapter(HTTPAdapter):
         # urllib3 sets verify mode and ALPN on the context it is given, always
         # alike: adapters of one auth share its "urllib3" context.
         self._contexts = shared_contexts(certificate, key, password, verify)
-        self._ssl_context = self._contexts.get("urllib3")
+        self._ssl_context = urllib3_context(self._contexts)
         self._swap_lock = threading.Lock()
         super().__init__(**kwargs)
         after_fork.register(self)
@@ -117,11 +138,17 @@ class MtlsAdapter(HTTPAdapter):
         return self._contexts.certificate
 
     def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
+        """Pools built on this adapter's SSLContext (requests calls this; not needed by users)."""
         pool_kwargs["ssl_context"] = self._ssl_context
         super().init_poolmanager(*args, **pool_kwargs)
 
+    @guarded  # an error leaves no bearer token in the frames below
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        context = self._contexts.get("urllib3")
+        """Send the request over a connection presenting the current certificate.
+
+        After a rotation, new connections present the new certificate.
+        """
+        context = urllib3_context(self._contexts)
         if context is not self._ssl_context:
             self._use(context)
         return super().send(request, *args, **kwargs)
@@ -144,10 +171,15 @@ class MtlsAdapter(HTTPAdapter):
             self.proxy_manager = {}
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """A proxy manager whose tunnelled TLS to the origin presents the certificate."""
         proxy_kwargs["ssl_context"] = self._ssl_context
         return super().proxy_manager_for(proxy, **proxy_kwargs)
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Keep the adapter's own trust.
+
+        requests' ``verify=`` and ``cert=`` can neither replace nor disable it.
+        """
         # requests would set ca_certs/cert_reqs on the pool from verify= and the
         # environment; the adapter's SSLContext already says everything.
         return None
@@ -155,6 +187,10 @@ class MtlsAdapter(HTTPAdapter):
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
     ) -> Any:
+        """The pool key of a request: the adapter's SSLContext.
+
+        So a pool built for another certificate is never reused.
+        """
         host_params, _ = super().build_connection_pool_key_attributes(request, verify, cert)
         # No ca_certs / cert_reqs / cert_file: the pool keeps our ssl_context.
         return host_params, {}
@@ -240,8 +276,7 @@ class _RequestsSender:
         self, request: HttpRequest, state: ClientState
     ) -> HttpResponse | TransportFailure:
         # requests has no async API: the blocking exchange runs in a worker thread.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.send, request, state)
+        return await aio.off_loop(functools.partial(self.send, request, state))
 
     def close(self) -> None:
         self._sessions.close()
@@ -260,6 +295,11 @@ def _exchange(session: requests.Session, request: HttpRequest) -> HttpResponse |
         )
     except Exception as exc:  # noqa: BLE001 - translated, see _failure
         return _failure(exc)
+    # A body cut short of its Content-Length is a broken connection, not a
+    # short answer: urllib3 2 says so by default, urllib3 1.x only when told.
+    raw = getattr(response, "raw", None)
+    if raw is not None and hasattr(raw, "enforce_content_length"):
+        raw.enforce_content_length = True
     with response:
         try:
             body = _read_capped(response)

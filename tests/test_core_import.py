@@ -1,4 +1,11 @@
-"""`import mtls_auth` must not import any HTTP library (checked in a clean process)."""
+"""What importing mtls-auth costs, and what it prints, checked in clean processes.
+
+`import mtls_auth` loads no HTTP library and no cryptography (the certificate
+code loads when first used); the pytest plugin, which pytest loads in every
+run of a project with mtls-auth installed, loads none of the test kit until a
+test asks for one of its fixtures; and the library's warnings reach stderr
+only if the application configures logging.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,74 @@ import json
 import subprocess
 import sys
 
-SCRIPT = (
-    "import json, sys; import mtls_auth; "
-    "print(json.dumps(sorted(m for m in sys.modules "
-    "if m.split('.')[0] in ('requests', 'httpx', 'urllib3'))))"
-)
+import pytest
+
+HEAVY = ("requests", "httpx", "urllib3", "cryptography", "httpcore", "anyio", "ssl")
 
 
-def test_import_mtls_auth_pulls_in_no_http_library() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=True
+def loaded_after(statement: str) -> list[str]:
+    script = (
+        f"import json, sys; {statement}; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
+        "or m.startswith('mtls_auth.'))))"
     )
-    assert json.loads(result.stdout) == []
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    return list(json.loads(result.stdout))
+
+
+def test_import_mtls_auth_pulls_in_no_http_library_and_no_cryptography() -> None:
+    assert loaded_after("import mtls_auth") == ["mtls_auth._errors", "mtls_auth._redact"]
+
+
+def test_the_pytest_plugin_loads_no_test_kit_until_a_fixture_is_used() -> None:
+    loaded = loaded_after("import pytest, mtls_auth.testing.plugin")
+    assert [m for m in loaded if m.startswith("mtls_auth.")] == [
+        "mtls_auth._errors",
+        "mtls_auth._redact",
+        "mtls_auth.testing",
+        "mtls_auth.testing.plugin",
+    ]
+    assert not [m for m in loaded if m.split(".")[0] in ("cryptography", "ssl")]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ClientCertificate", "INSECURE_SKIP_VERIFY", "RetryPolicy", "TokenInfo", "check_binding"],
+)
+def test_lazily_loaded_names_resolve_and_are_listed(name: str) -> None:
+    import mtls_auth
+
+    assert getattr(mtls_auth, name) is getattr(mtls_auth, name)
+    assert name in dir(mtls_auth)
+    assert name in mtls_auth.__all__
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import mtls_auth
+    import mtls_auth.testing
+
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        mtls_auth.nothing_here  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        mtls_auth.testing.nothing_here  # noqa: B018
+
+
+def test_library_warnings_stay_silent_unless_the_application_configures_logging() -> None:
+    script = (
+        "import logging; import mtls_auth; "
+        "logging.getLogger('mtls_auth._retry').warning('a warning from the library')"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert quiet.stderr == ""  # not printed by Python's last-resort handler
+    configured = subprocess.run(
+        [sys.executable, "-c", "import logging; logging.basicConfig(); " + script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "WARNING:mtls_auth._retry:a warning from the library" in configured.stderr

@@ -46,17 +46,22 @@ KeyInput = Union[str, bytes, "rsa.RSAPublicKey", "rsa.RSAPrivateKey"]
 _JOSERFC_MIN = (1, 7, 2)
 
 
+class JoseMissing(PayloadError, ImportError):
+    """joserfc (the ``credstore`` extra) is missing or too old for payload encryption."""
+
+
 def _joserfc() -> Any:
     try:
         import joserfc
         from joserfc import jwe
-    except ImportError as exc:
-        raise ImportError(
-            "Credential Store payload encryption needs joserfc: pip install mtls-auth[credstore]"
-        ) from exc
+    except ImportError:
+        raise JoseMissing(
+            "Credential Store payload encryption needs joserfc 1.7.2 or newer (Python 3.10+): "
+            "pip install mtls-auth[credstore]"
+        ) from None
     version = tuple(int(p) for p in re.findall(r"\d+", getattr(joserfc, "__version__", "0"))[:3])
     if version < _JOSERFC_MIN:
-        raise ImportError(
+        raise JoseMissing(
             f"Credential Store payload encryption needs joserfc >= 1.7.2 (found "
             f"{getattr(joserfc, '__version__', 'unknown')}, which cannot decrypt payloads from "
             "other JOSE implementations); it needs Python 3.10 or newer"
@@ -155,9 +160,9 @@ class PayloadCipher:
         max_age: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        jwe = _joserfc()
         from joserfc.jwk import RSAKey
 
-        jwe = _joserfc()
         self._public = RSAKey.import_key(_public_key(server_public_key))
         self._private = (
             None
@@ -212,6 +217,7 @@ class PayloadCipher:
 
     @property
     def can_decrypt(self) -> bool:
+        """Whether this cipher holds the private key, so it can decrypt (not only encrypt)."""
         return self._private is not None
 
     @guarded

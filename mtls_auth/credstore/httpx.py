@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from .._binding import credstore_api_url
-from .._redact import guarded, redact, safe_repr
+from .._redact import aguarded, guarded, redact, safe_repr
 from .._sources import BindingInput
 from .._tls import Verify
 from ..httpx import MtlsOAuth2
@@ -100,7 +100,9 @@ class CredstoreTransport(_Sealing[httpx.BaseTransport], httpx.BaseTransport):
     encrypted raises `PayloadError` unless `require_encrypted=False`.
     """
 
+    @guarded  # an error leaves no payload or bearer token in these frames
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send the request with its JSON payload encrypted, and decrypt the response."""
         sealed = _sealed(request, self.cipher, request.read())
         response = self.transport.handle_request(sealed)
         try:
@@ -110,13 +112,16 @@ class CredstoreTransport(_Sealing[httpx.BaseTransport], httpx.BaseTransport):
         return _opened(response, sealed, self.cipher, self.require_encrypted)
 
     def close(self) -> None:
+        """Close the transport underneath."""
         self.transport.close()
 
 
 class AsyncCredstoreTransport(_Sealing[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
     """The async `CredstoreTransport`, with the same arguments."""
 
+    @aguarded
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send the request with its JSON payload encrypted, and decrypt the response."""
         sealed = _sealed(request, self.cipher, await request.aread())
         response = await self.transport.handle_async_request(sealed)
         try:
@@ -126,6 +131,7 @@ class AsyncCredstoreTransport(_Sealing[httpx.AsyncBaseTransport], httpx.AsyncBas
         return _opened(response, sealed, self.cipher, self.require_encrypted)
 
     async def aclose(self) -> None:
+        """Close the transport underneath."""
         await self.transport.aclose()
 
 

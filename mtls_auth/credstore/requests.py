@@ -56,7 +56,9 @@ class CredstoreAdapter(MtlsAdapter):
         self.require_encrypted = require_encrypted
         super().__init__(certificate, key, password=password, verify=verify, **kwargs)
 
+    @guarded  # an error leaves no payload or bearer token in these frames
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        """Send the request with its JSON payload encrypted, and decrypt the response."""
         body = request.body
         if body is not None and not isinstance(body, (bytes, str)):
             raise PayloadError(
@@ -102,6 +104,9 @@ class CredstoreSession(requests.Session):
         self.base_url = base_url.rstrip("/") + "/"
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        """`requests.Session.request` on the credentials API: relative URLs join the binding's base
+        URL.
+        """
         if isinstance(url, bytes):
             url = url.decode("ascii")
         if "://" not in url:
