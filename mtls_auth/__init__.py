@@ -9,9 +9,9 @@ in `mtls_auth.credstore`. docs/architecture.md draws the layers.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from ._certificate import INSECURE_SKIP_VERIFY, ClientCertificate
 from ._errors import (
     ArgumentError,
     BindingError,
@@ -23,27 +23,37 @@ from ._errors import (
     TokenError,
     TokenRequestError,
     TokenResponseError,
+    TokenStoreError,
 )
 from ._redact import Secret
 
 if TYPE_CHECKING:
     from ._authorize import AuthorizationRequest
+    from ._certificate import INSECURE_SKIP_VERIFY, ClientCertificate
     from ._check import CheckReport, Finding, check_binding
     from ._retry import RetryPolicy
     from ._sources import select_vcap_service
+    from ._store import TokenStore
     from ._token import TokenInfo
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where logs go: without this handler,
+# Python's last-resort handler would print the library's warnings to stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: Names loaded on first use, with the module that defines them: the token
 #: protocol and the binding readers import json, email, random, pathlib...,
 #: which `import mtls_auth` should not pay for until they are needed.
 _LAZY = {
+    "INSECURE_SKIP_VERIFY": "_certificate",
+    "ClientCertificate": "_certificate",
     "AuthorizationRequest": "_authorize",
     "CheckReport": "_check",
     "Finding": "_check",
     "RetryPolicy": "_retry",
     "TokenInfo": "_token",
+    "TokenStore": "_store",
     "check_binding": "_check",
     "select_vcap_service": "_sources",
 }
@@ -55,7 +65,13 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'mtls_auth' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -77,6 +93,8 @@ __all__ = [
     "TokenInfo",
     "TokenRequestError",
     "TokenResponseError",
+    "TokenStore",
+    "TokenStoreError",
     "__version__",
     "check_binding",
     "select_vcap_service",

@@ -18,7 +18,7 @@ import inspect
 import time
 import types
 from collections.abc import Collection, Hashable, Iterable, Mapping
-from typing import Any, Callable, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from . import _users as users
 from ._authorize import AuthorizationRequest
@@ -34,6 +34,9 @@ from ._sources import BindingFeed, BindingInput, kubernetes_binding_path, select
 from ._tenant import Tenant
 from ._tls import Verify
 from ._token import Token, TokenInfo
+
+if TYPE_CHECKING:
+    from ._store import TokenStore
 
 __all__ = ["AuthFacade"]
 
@@ -95,8 +98,12 @@ class AuthFacade:
         max_tenants: int = 10_000,
         max_users: int = 10_000,
         authorization_url: str | None = None,
+        token_store: str | TokenStore | None = None,
     ) -> None:
         key, password = redact(key), redact(password)  # no key in captured frames
+        if token_store is not None:
+            # A Redis URL may carry a password: sealed at once, as keys are.
+            token_store = _as_store(redact(token_store))
         settings = Settings(
             verify=verify,
             timeout=timeout,
@@ -108,6 +115,7 @@ class AuthFacade:
             check_interval=check_interval,
             max_tenants=max_tenants,
             max_users=max_users,
+            token_store=token_store,
         )
         request = TokenRequest.create(
             scope=scope, namespace=namespace, params=params, resource=resource
@@ -484,6 +492,17 @@ class AuthFacade:
             f"{type(self).__name__} holds a private key and an access token and cannot be "
             "pickled; build a new one in the other process"
         )
+
+
+def _as_store(sealed: Secret) -> TokenStore:
+    """``token_store=`` (sealed) as a store: itself, or the store its URL names."""
+    from ._store import TokenStore
+
+    if isinstance(sealed.value, TokenStore):
+        return sealed.value
+    from .stores import open_store
+
+    return open_store(sealed)
 
 
 def _named(function: Callable[..., Any], owner: str) -> Callable[..., Any]:

@@ -12,20 +12,22 @@ Each `MtlsOAuth2` is a client plus a `TokenRequest`. Objects derived from one
 `token` and `atoken` are the two drivers of the same decisions: check for a
 rotated certificate, take the token from the cache or fetch it once for all
 waiters (`fetch_flow` run with the sender), and, when the token endpoint
-rejected the certificate, look for a rotated one and try once more.
+rejected the certificate, look for a rotated one and try once more. With a
+token store (``token_store=``), the fetch the cache runs on a miss is wrapped
+by `_store.SharedTokens`: the store first, then one fetch per fleet.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import Collection, Generator
+from collections.abc import Awaitable, Collection, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
 from . import _after_fork as after_fork
+from . import _aio as aio
 from ._binding import Binding
 from ._cache import RefreshPolicy, TokenCache
 from ._certificate import (
@@ -55,9 +57,13 @@ from ._tls import Verify, build_ssl_context
 from ._token import Token
 from ._urls import https_url
 
+if TYPE_CHECKING:
+    # Imported when a store is configured: a client without one does not load them.
+    from ._store import SharedTokens, TokenStore
+
 __all__ = ["ClientState", "Sender", "Settings", "TokenClient"]
 
-logger = logging.getLogger("mtls_auth")
+logger = logging.getLogger(__name__)
 
 #: Seconds during which a token that was refused right after a 401 refresh is not
 #: refreshed again for another 401.
@@ -83,6 +89,8 @@ class Settings:
     max_tenants: int = 10_000
     #: Tokens of users (exchanged, logged in) kept at most, likewise.
     max_users: int = 10_000
+    #: Where the processes of a fleet share tokens (None: this process only).
+    token_store: TokenStore | None = None
 
     def __post_init__(self) -> None:
         if self.verify is False or self.verify is None:
@@ -101,6 +109,11 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ArgumentError(f"{name} must be a whole number >= 1, not {value!r}")
+        if self.token_store is not None and not _is_store(self.token_store):
+            raise ArgumentError(
+                "token_store must be a mtls_auth.TokenStore or a URL (redis://, rediss://, "
+                f"file:///), not {type(self.token_store).__name__}"
+            )
 
 
 @safe_repr
@@ -206,12 +219,28 @@ class TokenClient:
             cert, token_url, client_id, 0, binding, self._authorization_url(binding)
         )
         self.destinations = Destinations(settings.allowed_hosts, settings.allow_http_loopback)
+        store = settings.token_store
+        lease = 0.0
+        #: The second level below the cache, shared by the processes of a fleet.
+        self.shared: SharedTokens | None = None
+        if store is not None:
+            from ._store import lease_seconds
+
+            # A fetch that first waits out another process's lease takes up to
+            # the lease time longer: the cache's own waiters wait that much longer.
+            lease = lease_seconds(settings.timeout)
         self.cache = TokenCache(
             clock=settings.clock,
             policy=RefreshPolicy(leeway=settings.leeway),
-            wait_timeout=settings.timeout * 2 + 5,
+            wait_timeout=settings.timeout * 2 + 5 + lease,
             limits={"tenant": settings.max_tenants, "user": settings.max_users},
         )
+        if store is not None:
+            from ._store import SharedTokens
+
+            self.shared = SharedTokens(
+                store, clock=settings.clock, policy=self.cache.policy, timeout=settings.timeout
+            )
         self._rotate_lock = threading.Lock()
         #: One SSLContext per HTTP-library flavour, for the sender and adapters alike.
         self.contexts = SharedContexts(self, settings.verify)
@@ -280,29 +309,49 @@ class TokenClient:
         self.rotate()
         state = self._state
         try:
-            return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
+            key = self.key(request, state)
+            return self.cache.get(key, self._fetcher(request, state, key))
         except TokenError as exc:
             if self._worth_a_rotation_check(exc):
                 self.rotate(force=True)
             state = self._rotated_since(state, exc)
-        return self.cache.get(self.key(request, state), lambda: self._fetch(request, state))
+        key = self.key(request, state)
+        return self.cache.get(key, self._fetcher(request, state, key))
 
     @aguarded
     async def atoken(self, request: TokenRequest) -> Token:
         """A usable token for `request` (coroutines); files are read off the loop."""
         watch = self.watch
         if watch is not None and watch.due():
-            await _off_loop(self.rotate)
+            await aio.off_loop(self.rotate)
         state = self._state
         try:
-            return await self.cache.aget(
-                self.key(request, state), lambda: self._afetch(request, state)
-            )
+            key = self.key(request, state)
+            return await self.cache.aget(key, self._afetcher(request, state, key))
         except TokenError as exc:
             if self._worth_a_rotation_check(exc):
-                await _off_loop(lambda: self.rotate(force=True))
+                await aio.off_loop(lambda: self.rotate(force=True))
             state = self._rotated_since(state, exc)
-        return await self.cache.aget(self.key(request, state), lambda: self._afetch(request, state))
+        key = self.key(request, state)
+        return await self.cache.aget(key, self._afetcher(request, state, key))
+
+    def _fetcher(
+        self, request: TokenRequest, state: ClientState, key: tuple[Any, ...]
+    ) -> Callable[[], Token]:
+        """What the cache runs on a miss (threads): the fetch, behind the store if there is one."""
+        shared = self.shared
+        if shared is None or not request.grant.shared:
+            return lambda: self._fetch(request, state)
+        return lambda: shared.fetch(key, state.certificate, lambda: self._fetch(request, state))
+
+    def _afetcher(
+        self, request: TokenRequest, state: ClientState, key: tuple[Any, ...]
+    ) -> Callable[[], Awaitable[Token]]:
+        """What the cache runs on a miss (coroutines): the fetch, behind the store if any."""
+        shared = self.shared
+        if shared is None or not request.grant.shared:
+            return lambda: self._afetch(request, state)
+        return lambda: shared.afetch(key, state.certificate, lambda: self._afetch(request, state))
 
     def _rotated_since(self, state: ClientState, exc: TokenError) -> ClientState:
         """After a failed fetch: the new state to try once more with, or raise `exc`."""
@@ -333,6 +382,9 @@ class TokenClient:
         if refused is not None and time.monotonic() < refused + REFUSED_COOLDOWN:
             return False
         self.cache.invalidate(key, token)
+        if self.shared is not None:
+            # Other processes may have put this very token in the store: not again.
+            self.shared.refuse(key, token)
         if self.watch is not None:
             # A 401 is also what a rotated-and-revoked certificate looks like:
             # look for a new binding now (rate-limited), not at the next check.
@@ -343,7 +395,7 @@ class TokenClient:
         """`invalidate` for coroutines: a watched binding is checked off the loop."""
         if self.watch is None:
             return self.invalidate(key, token)
-        worth: bool = await _off_loop(lambda: self.invalidate(key, token))
+        worth: bool = await aio.off_loop(lambda: self.invalidate(key, token))
         return worth
 
     @staticmethod
@@ -414,7 +466,7 @@ class TokenClient:
                 if isinstance(step, HttpRequest):
                     reply: Reply = await self.sender.asend(step, state)
                 else:
-                    await asyncio.sleep(step)
+                    await aio.sleep(step)
                     reply = None
                 try:
                     step = flow.send(reply)
@@ -446,8 +498,10 @@ class TokenClient:
         return f"{freshness.value}, expires in {left:.0f}s"
 
     def close(self) -> None:
-        """Close the sender's connections (they are opened again when needed)."""
+        """Close the sender's and the token store's connections (opened again when needed)."""
         self.sender.close()
+        if self.shared is not None:
+            self.shared.close()
 
     def __repr__(self) -> str:
         state = self._state
@@ -457,6 +511,12 @@ class TokenClient:
         raise TypeError("a TokenClient holds a private key and cannot be pickled")
 
 
+def _is_store(value: object) -> bool:
+    from ._store import TokenStore
+
+    return isinstance(value, TokenStore)
+
+
 def _provided(provider: CertificateProvider) -> ClientCertificate:
     first = provider()
     if not isinstance(first, ClientCertificate):
@@ -464,8 +524,3 @@ def _provided(provider: CertificateProvider) -> ClientCertificate:
             f"the certificate provider must return a ClientCertificate, not {type(first).__name__}"
         )
     return first
-
-
-async def _off_loop(call: Callable[[], Any]) -> Any:
-    """Run a blocking call (stat, file reads, a vault) in a worker thread."""
-    return await asyncio.get_running_loop().run_in_executor(None, call)

@@ -8,8 +8,10 @@ Every error the library raises on purpose is an `MtlsAuthError`, so one
     │                             a CA bundle or key OpenSSL refuses
     ├── ArgumentError (ValueError) an argument that cannot work: a malformed URL, a
     │   │                         timeout that is not a positive finite number, ...
-    │   └── BindingError          a service key, VCAP_SERVICES entry or binding
-    │                             directory that cannot be used for mTLS
+    │   ├── BindingError          a service key, VCAP_SERVICES entry or binding
+    │   │                         directory that cannot be used for mTLS
+    │   └── TokenStoreError       a token store that cannot be used as configured: a
+    │                             bad URL, an unsafe directory, a missing client library
     ├── InsecureTransportError    a bearer token would leave over plain http, to a
     │                             host outside `allowed_hosts`, or TLS verification
     │                             was turned off without saying so loudly
@@ -42,6 +44,7 @@ __all__ = [
     "TokenError",
     "TokenRequestError",
     "TokenResponseError",
+    "TokenStoreError",
     "check_seconds",
     "clean_text",
 ]
@@ -82,6 +85,16 @@ class ArgumentError(MtlsAuthError, ValueError):
 
 class BindingError(ArgumentError):
     """A binding (service key, VCAP_SERVICES entry, binding directory) is unusable."""
+
+
+class TokenStoreError(ArgumentError):
+    """A token store (``token_store=``) that cannot be used as configured, refused at once.
+
+    A URL of an unknown scheme or without a host, a relative path, a directory
+    that other users could read or write, or a store whose client library is
+    not installed (the message names the extra). A store that fails *while in
+    use* never raises: the library falls back to its in-process cache.
+    """
 
 
 class InsecureTransportError(MtlsAuthError):

@@ -51,6 +51,9 @@ class Grant:
     bucket: ClassVar[str] = "client"
     #: Form fields the grant sets itself; `params=` may not set them.
     reserved: ClassVar[frozenset[str]] = frozenset()
+    #: Whether its tokens may be shared through a token store (``token_store=``):
+    #: not a user session's, whose refresh token belongs to this process alone.
+    shared: ClassVar[bool] = True
 
     def fields(self) -> list[tuple[str, str]]:
         return []
@@ -188,6 +191,7 @@ class RefreshToken(Grant):
     grant_type: ClassVar[str] = "refresh_token"
     bucket: ClassVar[str] = "user"
     reserved: ClassVar[frozenset[str]] = frozenset({"refresh_token"})
+    shared: ClassVar[bool] = False
 
     session: UserSession = field(compare=False, repr=False)
     session_id: str = ""
@@ -241,6 +245,7 @@ class AuthorizationCode(Grant):
     grant_type: ClassVar[str] = "authorization_code"
     bucket: ClassVar[str] = "user"
     reserved: ClassVar[frozenset[str]] = frozenset({"code", "redirect_uri", "code_verifier"})
+    shared: ClassVar[bool] = False
 
     code: Secret = field(compare=False, repr=False)
     redirect_uri: str = ""
