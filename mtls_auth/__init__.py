@@ -10,7 +10,7 @@ in `mtls_auth.credstore`. docs/architecture.md draws the layers.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._errors import (
     ArgumentError,
@@ -25,6 +25,7 @@ from ._errors import (
     TokenResponseError,
     TokenStoreError,
 )
+from ._lazy import lazy_names
 from ._redact import Secret
 
 if TYPE_CHECKING:
@@ -59,19 +60,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mtls_auth' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

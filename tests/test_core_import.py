@@ -31,13 +31,18 @@ def loaded_after(statement: str) -> list[str]:
 
 
 def test_import_mtls_auth_pulls_in_no_http_library_and_no_cryptography() -> None:
-    assert loaded_after("import mtls_auth") == ["mtls_auth._errors", "mtls_auth._redact"]
+    assert loaded_after("import mtls_auth") == [
+        "mtls_auth._errors",
+        "mtls_auth._lazy",
+        "mtls_auth._redact",
+    ]
 
 
 def test_the_pytest_plugin_loads_no_test_kit_until_a_fixture_is_used() -> None:
     loaded = loaded_after("import pytest, mtls_auth.testing.plugin")
     assert [m for m in loaded if m.startswith("mtls_auth.")] == [
         "mtls_auth._errors",
+        "mtls_auth._lazy",
         "mtls_auth._redact",
         "mtls_auth.testing",
         "mtls_auth.testing.plugin",

@@ -24,9 +24,10 @@ says more.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._errors import TokenStoreError, clean_text
+from .._lazy import lazy_names
 from .._redact import Secret, redact
 from .._store import TokenStore
 
@@ -75,16 +76,4 @@ def open_store(url: str | Secret) -> TokenStore:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mtls_auth.stores' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
