@@ -128,6 +128,9 @@ def conn(server, client_ctx):
 
 
 def _verify_client_chain(mtls_pki: PKI, credential: Credential) -> None:
+    if not hasattr(verification, "ExtensionPolicy"):
+        # cryptography 42 to 44 (the core's floor is 42) verify server chains only.
+        pytest.skip("client-chain verification by cryptography needs cryptography >= 45")
     # The web-PKI profile demands a SAN on client certificates; SAP's have none.
     ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None

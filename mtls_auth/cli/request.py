@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         for name, value in response_headers:
             print(f"{name}: {value}")
         print()
+        sys.stdout.flush()  # the text above, before the bytes below (one ordered stream)
     sys.stdout.buffer.write(content)
     if content and not content.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")
