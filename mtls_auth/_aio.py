@@ -51,7 +51,7 @@ class Pending(Generic[_T]):
     resolution is ignored, so a late finisher cannot overwrite a timeout.
     """
 
-    __slots__ = ("_error", "_event", "_set", "_value")
+    __slots__ = ("__weakref__", "_error", "_event", "_set", "_value")
 
     def __init__(self, event: Any) -> None:
         self._event = event
@@ -76,7 +76,7 @@ class Pending(Generic[_T]):
 class Loop:
     """The caller's event loop, whichever library runs it."""
 
-    __slots__ = ("_trio", "ident", "name")
+    __slots__ = ("__weakref__", "_trio", "ident", "name")
 
     def __init__(self, name: str, ident: Any, trio: Any = None) -> None:
         self.name = name

@@ -43,6 +43,7 @@ __all__ = ["AuthFacade"]
 _Auth = TypeVar("_Auth", bound="AuthFacade")
 
 #: Derived auths remembered per auth object (see `AuthFacade._derived`).
+#: Remembered derived auths per kind without a cache bucket of its own.
 _MEMO_LIMIT = 10_000
 
 
@@ -56,7 +57,7 @@ class AuthFacade:
     _client: TokenClient | None = None
     _request: TokenRequest
     _keyed: tuple[ClientState, tuple[Any, ...]] | None = None
-    _memo: dict[Hashable, AuthFacade] | None = None
+    _memo: dict[str, dict[Hashable, AuthFacade]] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -152,28 +153,35 @@ class AuthFacade:
         derived._bind(self._live(), request)
         return derived
 
-    def _remembered(self: _Auth, memo_key: Hashable) -> _Auth | None:
+    def _remembered(self: _Auth, memo_key: tuple[Any, ...]) -> _Auth | None:
         """The auth derived earlier for `memo_key`, if remembered (see `_remember`)."""
         memo = self._memo
-        return None if memo is None else cast("_Auth | None", memo.get(memo_key))
+        if memo is None:
+            return None
+        kind = memo.get(memo_key[0])
+        return None if kind is None else cast("_Auth | None", kind.get(memo_key))
 
-    def _remember(self: _Auth, memo_key: Hashable, request: TokenRequest) -> _Auth:
-        """`_derive(request)`, remembered under `memo_key`.
+    def _remember(self: _Auth, memo_key: tuple[Any, ...], request: TokenRequest) -> _Auth:
+        """`_derive(request)`, remembered under `memo_key` (its first item: the kind).
 
         Asking for a tenant's or a user's auth on every incoming request is the
         intended use: after the first time it is one dict lookup, and the object
         keeps its cache key, so its requests cost what the first auth's cost.
-        The memo is bounded (the oldest entries go first); what it forgets is
+        Each kind is bounded like its tokens (`max_tenants` for tenants,
+        `max_users` for users' auths), the oldest going first; what it forgets is
         only rebuilt, the tokens stay in the client's cache.
         """
         memo = self._memo
         if memo is None:
             memo = self._memo = {}
+        kind = memo.setdefault(memo_key[0], {})
         derived = self._derive(request)
-        if len(memo) >= _MEMO_LIMIT:
+        limits = self._live().cache.limits
+        limit = limits.get("tenant" if memo_key[0] == "tenant" else "user", _MEMO_LIMIT)
+        while len(kind) >= max(1, limit):
             with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                del memo[next(iter(memo))]
-        memo[memo_key] = derived
+                del kind[next(iter(kind))]
+        kind[memo_key] = derived
         return derived
 
     # -- tokens for others ------------------------------------------------------------
@@ -344,13 +352,17 @@ class AuthFacade:
         Services its ``app_tid`` (read unverified, only to route). Not a JWT:
         an `ArgumentError` (also a `ValueError`).
         """
-        grant = JwtBearer.of(redact(assertion))
+        sealed: Secret = redact(assertion)
         del assertion  # no user token in this frame from here on
-        memo_key = ("user", grant.digest)
-        known = self._remembered(memo_key)
-        if known is not None:
-            return known
+        if isinstance(sealed.value, str):
+            # The same token again (every request of a user): its digest finds
+            # the remembered auth without decoding the token once more.
+            known = self._remembered(("user", JwtBearer.digest_of(sealed.value)))
+            if known is not None:
+                return known
+        grant = JwtBearer.of(sealed)
         grant.usable()
+        memo_key = ("user", grant.digest)
         request = users.exchange_request(self._request, grant, self._live().state)
         return self._remember(memo_key, request)
 

@@ -94,6 +94,7 @@ class _Flight:
     """One token fetch in progress, awaited by threads and coroutines alike."""
 
     __slots__ = (
+        "__weakref__",
         "_callbacks",
         "_done",
         "_event",
@@ -329,10 +330,13 @@ class TokenCache:
         # leftovers on exit): _settle, run when it ends by any path, releases
         # the flight.
         outcome: aio.Pending[Token] = loop.pending()
-        flight.task = loop.spawn_detached(
-            functools.partial(self._run_async, flight, fetch, fallback, outcome),
-            functools.partial(self._settle, flight, outcome),
-        )
+        try:
+            flight.task = loop.spawn_detached(
+                functools.partial(self._run_async, flight, fetch, fallback, outcome),
+                functools.partial(self._settle, flight, outcome),
+            )
+        except BaseException as exc:  # noqa: BLE001 - a loop refusing new tasks (shutting down)
+            return self._failed(flight, exc, fallback)  # waiters hear of it; raises
         return await outcome.wait(None)
 
     async def _run_async(

@@ -130,8 +130,12 @@ class JwtBearer(Grant):
         claims = unverified_claims(value)
         if claims is None:
             raise ArgumentError("the user's token is not a JWT: its payload is not a JSON object")
-        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-        return cls(digest, sealed, number_claim(claims, "exp"))
+        return cls(cls.digest_of(value), sealed, number_claim(claims, "exp"))
+
+    @staticmethod
+    def digest_of(assertion: str) -> str:
+        """The SHA-256 (hex) that stands for `assertion` in cache keys and memos."""
+        return hashlib.sha256(assertion.encode("utf-8", "surrogatepass")).hexdigest()
 
     def fields(self) -> list[tuple[str, str]]:
         return [("assertion", self.assertion.value)]

@@ -1,15 +1,19 @@
 """Keep bearer tokens out of hpack's DEBUG logs when httpx speaks HTTP/2.
 
 httpx's HTTP/2 goes through h2 and hpack, and hpack logs at DEBUG what it
-encodes: every header block (``Encoded header block to <bytes>``, the
-Authorization value only Huffman-coded, which anyone can undo) and, before
-hpack 4.2, every header added (``Adding (b'authorization', b'Bearer ...')``).
-An application that turns on DEBUG logging would write the token to its logs.
+encodes and decodes: every header block (``Encoded header block to <bytes>``,
+``Decoding <bytes>``: values only Huffman-coded, which anyone can undo), every
+header added (hpack 4.1: ``Adding (b'authorization', b'Bearer ...') to the
+header table``; 4.2: ``Adding b'authorization'=b'Bearer ...'`` unless h2 sent
+it never-indexed), every header decoded and every table entry evicted
+(``Evicting b'cookie': b'...'``, logger ``hpack.table``). An application that
+turns on DEBUG logging would write tokens and cookies to its logs.
 
-`guard()`, called when an HTTP/2 transport is built, adds a filter to hpack's
-logger that rewrites those records: header values of Authorization-like
-headers become ``<redacted>``, encoded header blocks become their length. The
-records stay (what hpack did is still visible); only the secret goes.
+`guard()`, called when an HTTP/2 transport or an httpx auth is made, adds a
+filter to those loggers that rewrites the records: values of
+Authorization-like headers become ``<redacted>``, header blocks become their
+length. The records stay (what hpack did is still visible); only the secret
+goes.
 """
 
 from __future__ import annotations
@@ -27,16 +31,27 @@ _SENSITIVE = frozenset(
 _LOCK = threading.Lock()
 
 
+#: The loggers hpack writes header values to.
+_LOGGERS = ("hpack.hpack", "hpack.table")
+#: Messages whose first argument is a whole header block.
+_BLOCKS = ("Encoded header block", "Decoding ")
+
+
 class _RedactHeaderValues(logging.Filter):
     """Rewrites hpack's records so no header value of a sensitive header remains."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and args:
-            if str(record.msg).startswith("Encoded header block"):
-                record.args = tuple(_length(arg) for arg in args)
-            else:
-                record.args = tuple(_redacted(arg) for arg in args)
+        if not isinstance(args, tuple) or not args:
+            return True
+        message = str(record.msg)
+        if message.startswith(_BLOCKS):
+            record.args = tuple(_length(arg) for arg in args)
+        elif len(args) >= 2 and _sensitive(args[0]):
+            # hpack 4.2's "Adding %s=%s ..." and "Evicting %s: %s": name, value, ...
+            record.args = (args[0], "<redacted>", *args[2:])
+        else:
+            record.args = tuple(_redacted(arg) for arg in args)
         return True
 
 
@@ -44,20 +59,21 @@ def _length(arg: Any) -> Any:
     return f"<{len(arg)} bytes>" if isinstance(arg, (bytes, bytearray)) else arg
 
 
+def _sensitive(name: Any) -> bool:
+    return isinstance(name, (bytes, str)) and name.lower() in _SENSITIVE
+
+
 def _redacted(arg: Any) -> Any:
-    if (
-        isinstance(arg, tuple)
-        and len(arg) >= 2
-        and isinstance(arg[0], (bytes, str))
-        and arg[0].lower() in _SENSITIVE
-    ):
+    # hpack 4.1's "Adding %s to the header table" and "Decoded %s": a (name, value) tuple.
+    if isinstance(arg, tuple) and len(arg) >= 2 and _sensitive(arg[0]):
         return (arg[0], "<redacted>", *arg[2:])
     return arg
 
 
 def guard() -> None:
-    """Install the filter on hpack's logger (once; nothing if hpack is not installed)."""
-    logger = logging.getLogger("hpack.hpack")
+    """Install the filter on hpack's loggers (once each; harmless without hpack)."""
     with _LOCK:
-        if not any(isinstance(f, _RedactHeaderValues) for f in logger.filters):
-            logger.addFilter(_RedactHeaderValues())
+        for name in _LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _RedactHeaderValues) for f in logger.filters):
+                logger.addFilter(_RedactHeaderValues())

@@ -168,10 +168,15 @@ class _LoopClients:
         known = self._idles.get(id(ident))
         if known is not None and known[0]() is ident:
             return known[1]
-        ref = weakref.ref(ident)
-        idle = IdleRelease(lambda: self._release(loop.name, ref))
+        # Only a weak reference and the loop's kind: nothing here may keep a
+        # finished loop (and its sockets) alive.
+        ref, name = weakref.ref(ident), loop.name
+        idle = IdleRelease(lambda: self._release(name, ref))
         with self._lock:
             self._idles[id(ident)] = (ref, idle)
+            dead = [key for key, (other, _) in self._idles.items() if _finished(other)]
+            for key in dead:
+                del self._idles[key]
         return idle
 
     def _release(self, name: str, ref: weakref.ref[Any]) -> None:
@@ -188,7 +193,7 @@ class _LoopClients:
 
         loop = aio.Loop(name, ident, sys.modules.get("trio") if name == "trio" else None)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to close
-            loop.call_soon_threadsafe(loop.spawn_detached, close, _nothing)
+            loop.call_soon_threadsafe(_spawn_quietly, loop, close)
 
     def _build(self, certificate: ClientCertificate) -> Any:
         return self._lib.AsyncClient(verify=self._contexts.get("httpcore"), follow_redirects=False)
@@ -213,11 +218,7 @@ class _LoopClients:
         entry = (weakref.ref(ident), clients, keeper)
         with self._lock:
             self._entries[id(ident)] = entry
-            dead = [
-                key
-                for key, (ref, *_rest) in self._entries.items()
-                if (other := ref()) is None or aio.gone(other)
-            ]
+            dead = [key for key, (ref, *_rest) in self._entries.items() if _finished(ref)]
             for key in dead:
                 del self._entries[key]
         return entry
@@ -364,6 +365,19 @@ async def _aexchange(
 
 def _nothing() -> None:
     return None
+
+
+def _finished(ref: weakref.ref[Any]) -> bool:
+    """The loop `ref` names is gone or has closed (its trio run ended)."""
+    ident = ref()
+    return ident is None or aio.gone(ident)
+
+
+def _spawn_quietly(loop: aio.Loop, make: Callable[[], Any]) -> None:
+    # Runs as a loop callback: an error here would end a trio run (a run
+    # shutting down refuses new system tasks). Nothing left to close then.
+    with contextlib.suppress(RuntimeError):
+        loop.spawn_detached(make, _nothing)
 
 
 # -- signing -------------------------------------------------------------------------------

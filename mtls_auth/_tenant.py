@@ -73,10 +73,11 @@ class Tenant:
         host = (parts.hostname or "").rstrip(".")
         labels = host.split(".")
         if _is_ip(host) or len(labels) < 3:
+            found = "an IP address" if _is_ip(host) else f"{len(labels)} label(s)"
             raise ArgumentError(
                 f"cannot route token URL {clean_text(base, 120)!r} to subdomain "
                 f"{self.subdomain!r}: its host must be a name of three labels or more "
-                "(<subdomain>.authentication.cert.<landscape>), not an IP address"
+                f"(<subdomain>.authentication.cert.<landscape>), not {found}"
             )
         netloc = ".".join([self.subdomain, *labels[1:]])
         if parts.port is not None:

@@ -228,3 +228,43 @@ def test_client_http2_flag_does_not_reach_a_given_transport(
     with auth, http.Client(auth=auth, http2=True, transport=auth.transport()) as client:
         response = client.get(h2_resource.url)
     assert response.json() == {"protocol": "HTTP/1.1", "bearer": True}
+
+
+@pytest.mark.parametrize(
+    ("logger", "message", "args", "shown"),
+    [
+        # hpack 4.1
+        (
+            "hpack.hpack",
+            "Adding %s to the header table, sensitive:%s, huffman:%s",
+            ((b"authorization", b"Bearer SECRET-1"), False, True),
+            "Adding (b'authorization', '<redacted>') to the header table",
+        ),
+        # hpack 4.2
+        (
+            "hpack.hpack",
+            "Adding %s=%s to the header table, sensitive:%s, huffman:%s",
+            (b"authorization", b"Bearer SECRET-1", False, True),
+            "Adding b'authorization'=<redacted> to the header table",
+        ),
+        ("hpack.table", "Evicting %s: %s from the header table", (b"cookie", b"SECRET-1"), None),
+        ("hpack.hpack", "Encoded header block to %s", (b"\x82\x86SECRET-1",), "<10 bytes>"),
+        ("hpack.hpack", "Decoding %s", (b"\x88SECRET-1",), "<9 bytes>"),
+        ("hpack.hpack", "Decoded %s, consumed %d", ((b"set-cookie", b"SECRET-1"), 12), None),
+        ("hpack.hpack", "Adding %s=%s to the header table", (b"accept", b"*/*"), "accept'=b'*/*"),
+    ],
+)
+def test_hpack_records_keep_no_sensitive_header_value(
+    logger: str, message: str, args: tuple[Any, ...], shown: str | None
+) -> None:
+    from mtls_auth import _hpack_logs
+
+    _hpack_logs.guard()
+    record = logging.getLogger(logger).makeRecord(
+        logger, logging.DEBUG, "hpack.py", 1, message, args, None
+    )
+    assert logging.getLogger(logger).filter(record)
+    text = record.getMessage()
+    assert "SECRET-1" not in text
+    if shown is not None:
+        assert shown in text

@@ -119,3 +119,26 @@ def test_a_fetch_in_progress_is_never_cut() -> None:
     assert released == []
     idle.fire(1)
     assert released == [1]
+
+
+def test_finished_event_loops_are_not_kept_alive(
+    mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]
+) -> None:
+    """One auth used by many asyncio.run() calls (one per job): the finished loops go."""
+    import gc
+    import weakref
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def job(auth: Any) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await auth.atoken_info()
+        auth._client.cache.clear()  # the next job fetches again, on its own loop
+
+    with mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs) as auth:
+        for _ in range(5):
+            asyncio.run(job(auth))
+        gc.collect()
+        # The newest loop's clients are released when the next loop comes.
+        assert len([ref for ref in loops if ref() is not None]) <= 1
+        assert len(auth._client.sender._loops._idles) <= 1

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import pytest
 from clients import Client
+from frames import leaks
 from store_harness import fork_workers, redis_client
 
 from mtls_auth import TokenStoreError
@@ -94,21 +95,44 @@ def test_a_password_in_the_url_works_and_never_shows(redis_server: RedisServer) 
         store.close()
 
 
+_BAD_URLS = [
+    ("redis://:hunter2@", "names no host"),
+    ("redis://:hunter2@cache:notaport/0", "cannot be parsed"),
+    ("redis://:hunter2@cache:6379/db-one", "database number"),
+    ("rediss://:hunter2@cache:6379/0 extra", "spaces or control"),
+    ("redis:/:hunter2@", "names no host"),
+    ("rediss://:hunter2@cache:6379/0?ssl_cert_reqs=none", "not accepted"),
+    ("rediss://:hunter2@cache/0?ssl_check_hostname=false", "not accepted"),
+    ("redis://:hunter2@cache/0?socket_timeout=60", "not accepted"),
+    ("redis://:hunter2@cache/0?sockettimeout=1", "not accepted"),
+]
+
+
 @pytest.mark.parametrize(
-    ("url", "message"),
+    ("make", "url", "message"),
     [
-        ("redis://:hunter2@", "names no host"),
-        ("redis://:hunter2@cache:notaport/0", "cannot be parsed"),
-        ("redis://:hunter2@cache:6379/db-one", "database number"),
-        ("rediss://:hunter2@cache:6379/0 extra", "spaces or control"),
-        ("memcached://:hunter2@cache", "not known"),
-        ("redis:/:hunter2@", "names no host"),
+        *[("open_store", url, message) for url, message in _BAD_URLS],
+        ("open_store", "memcached://:hunter2@cache", "not known"),
+        *[("RedisTokenStore", url, message) for url, message in _BAD_URLS],
     ],
 )
-def test_a_bad_url_fails_at_once_without_showing_its_password(url: str, message: str) -> None:
+def test_a_bad_url_fails_at_once_without_showing_its_password(
+    make: str, url: str, message: str
+) -> None:
     with pytest.raises(TokenStoreError, match=message) as caught:
-        open_store(url)
+        open_store(url) if make == "open_store" else RedisTokenStore(url)
     assert "hunter2" not in str(caught.value)
+    assert leaks(caught.value, ["hunter2"]) == []  # nor in any frame's locals
+
+
+def test_tls_to_redis_verifies_the_chain_and_the_host_name() -> None:
+    store = RedisTokenStore("rediss://:hunter2@cache.example:6380/0?ssl_ca_certs=/etc/ca.pem")
+    client, _ = store._connection()  # made, not connected: no server is needed
+    options = client.connection_pool.connection_kwargs
+    assert options["ssl_cert_reqs"] == "required"
+    assert options["ssl_check_hostname"] is True
+    assert options["ssl_ca_certs"] == "/etc/ca.pem"
+    store.close()
 
 
 def test_without_redis_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

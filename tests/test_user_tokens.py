@@ -177,3 +177,20 @@ def test_users_and_tenants_never_share_a_token(
     users = [body.get("user") for body in indexes]
     assert users == [None, None, "alice", TEST_USER]
     assert len({r.token_index for r in mtls_server.resource_requests}) == 4
+
+
+def test_remembered_user_auths_are_bounded_like_their_tokens(
+    client: Client, mtls_server: TokenServer, mtls_client_certificate: Credential
+) -> None:
+    binding = xsuaa_service_key(
+        mtls_server, mtls_client_certificate, CLIENT_ID, subdomain="provider"
+    )
+    auth = client.from_binding(binding, verify=mtls_server.ca_pem, max_users=3, max_tenants=2)
+    tokens = [mtls_server.mint_user_token(f"user-{n}") for n in range(5)]
+    users = [auth.for_user(token) for token in tokens]
+    assert auth.for_user(tokens[-1]) is users[-1]  # the same token, the same object
+    tenants = [auth.for_tenant(f"tenant-{n}") for n in range(4)]
+    assert auth.for_tenant("tenant-3") is tenants[-1]
+    assert auth._memo is not None
+    assert len(auth._memo["user"]) == 3
+    assert len(auth._memo["tenant"]) == 2

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .._errors import TokenStoreError, clean_text
 from .._lazy import lazy_names
-from .._redact import Secret, redact
+from .._redact import Secret, guarded, redact
 from .._store import TokenStore
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ _LAZY = {"FileTokenStore": "file", "RedisTokenStore": "redis"}
 _SCHEMES = "redis://, rediss:// or file:///"
 
 
+@guarded  # a Redis URL may hold a password: no frame keeps it on an error
 def open_store(url: str | Secret) -> TokenStore:
     """The store a URL names: ``redis://`` or ``rediss://`` (Redis, Valkey), ``file:///path``.
 

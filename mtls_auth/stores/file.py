@@ -52,7 +52,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._errors import TokenStoreError, check_seconds, clean_text
-from .._redact import safe_repr
+from .._redact import guarded, safe_repr
 from .._store import TokenStore
 
 __all__ = ["FileTokenStore"]
@@ -84,6 +84,7 @@ class FileTokenStore(TokenStore):
     makes one.
     """
 
+    @guarded
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 1.0) -> None:
         if os.name != "posix":
             raise TokenStoreError(
@@ -111,6 +112,7 @@ class FileTokenStore(TokenStore):
         self._next_sweep = 0.0
 
     @classmethod
+    @guarded
     def from_url(cls, url: str) -> FileTokenStore:
         """The store of a ``file:///absolute/path`` URL (``file://localhost/...`` too)."""
         try:

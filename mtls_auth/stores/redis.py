@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import _after_fork as after_fork
 from .._errors import TokenStoreError, check_seconds, clean_text
-from .._redact import Secret, redact, safe_repr
+from .._redact import Secret, guarded, redact, safe_repr
 from .._store import TokenStore
 
 __all__ = ["RedisTokenStore"]
@@ -59,12 +59,13 @@ class RedisTokenStore(TokenStore):
     ``token_store="redis://..."`` makes one with the defaults.
     """
 
+    @guarded  # the URL may hold a password: no frame keeps it on an error
     def __init__(
         self, url: str | Secret, *, prefix: str = "mtls-auth:", timeout: float = 0.5
     ) -> None:
         sealed: Secret = redact(url)
         del url
-        self._shown = _describe(sealed.value)
+        self._shown = _describe(sealed)
         if not isinstance(prefix, str) or len(prefix) > 64 or not prefix.isprintable():
             raise TokenStoreError("prefix must be a string of at most 64 printable characters")
         self.prefix = prefix
@@ -83,15 +84,19 @@ class RedisTokenStore(TokenStore):
         self._client = None
         self._release = None
 
-    def _connection(self) -> Any:
-        client = self._client
-        if client is not None:
-            return client
+    def _connection(self) -> tuple[Any, Any]:
+        """This process's client and its release script, made on first use (one pair)."""
         with self._lock:
             if self._client is None:
                 from redis.backoff import NoBackoff
                 from redis.retry import Retry
 
+                tls: dict[str, Any] = {}
+                if self._shown.startswith("rediss:"):
+                    # Verified chain and host name whatever redis-py's defaults
+                    # (it checked no host name before 6.0): the AUTH password
+                    # and the leases travel over this connection.
+                    tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
                 client = self._module.Redis.from_url(
                     self._url.value,
                     socket_timeout=self.timeout,
@@ -101,33 +106,34 @@ class RedisTokenStore(TokenStore):
                     retry_on_timeout=False,
                     decode_responses=False,
                     health_check_interval=0,
+                    **tls,
                 )
                 self._release = client.register_script(_RELEASE)
                 self._client = client
-            return self._client
+            return self._client, self._release
 
     # -- the store ---------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
         """``GET <prefix>tok:<key>``."""
-        value = self._connection().get(self.prefix + "tok:" + key)
+        value = self._connection()[0].get(self.prefix + "tok:" + key)
         return None if value is None else bytes(value)
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         """``SET <prefix>tok:<key> <value> PX <ttl in ms>``."""
-        self._connection().set(self.prefix + "tok:" + key, value, px=_milliseconds(ttl))
+        self._connection()[0].set(self.prefix + "tok:" + key, value, px=_milliseconds(ttl))
 
     def lease(self, key: str, holder: str, ttl: float) -> bool:
         """``SET <prefix>lease:<key> <holder> NX PX <ttl in ms>``: True if it was set."""
-        taken = self._connection().set(
+        taken = self._connection()[0].set(
             self.prefix + "lease:" + key, holder, nx=True, px=_milliseconds(ttl)
         )
         return bool(taken)
 
     def release(self, key: str, holder: str) -> None:
         """Delete ``<prefix>lease:<key>`` if it still holds `holder` (a Lua script)."""
-        self._connection()
-        self._release(keys=[self.prefix + "lease:" + key], args=[holder])
+        _, release = self._connection()
+        release(keys=[self.prefix + "lease:" + key], args=[holder])
 
     def close(self) -> None:
         """Close this process's connections (opened again by the next call)."""
@@ -147,8 +153,16 @@ def _milliseconds(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
-def _describe(url: object) -> str:
+#: URL query options that may be given: where the CA and a client certificate
+#: are. Others could turn TLS verification off (``ssl_cert_reqs=none``) or
+#: replace the timeouts that keep a slow Redis from holding up a request.
+_QUERY_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"})
+
+
+@guarded  # the URL may hold a password: no frame keeps it on an error
+def _describe(sealed: Secret) -> str:
     """The URL as shown in repr and logs, checked: scheme, host, port and database only."""
+    url = sealed.value
     if not isinstance(url, str):
         raise TokenStoreError(f"the Redis URL must be a string, not {type(url).__name__}")
     if not url.isprintable() or any(c.isspace() for c in url):
@@ -159,6 +173,14 @@ def _describe(url: object) -> str:
     except ValueError:
         # The message could quote the URL: say only what is wrong.
         raise TokenStoreError("the Redis URL cannot be parsed: check its host and port") from None
+    options = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if options - _QUERY_OPTIONS:
+        unknown = ", ".join(sorted(str(clean_text(o, 30)) for o in options - _QUERY_OPTIONS))
+        raise TokenStoreError(
+            f"the Redis URL option(s) {unknown} are not accepted (only "
+            f"{', '.join(sorted(_QUERY_OPTIONS))}): TLS verification and the timeouts "
+            "stay as the library sets them"
+        )
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss"):
         raise TokenStoreError(
