@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import itertools
+import sys
 import time
 import warnings
 from collections.abc import Awaitable, Iterator
@@ -189,15 +190,18 @@ class Setup:
         cold: bool = False,
         margin: float | None = None,
         pool: int = 10,
+        token_store: Any = None,
     ) -> Client:
         """Candidate `lib` in `family`.
 
         `margin` is the refresh margin for peers (authlib ``leeway``, httpx-auth
         ``early_expiry``, requests-oauthlib's early fetch); None keeps the
         library default. `pool` sizes the connection pool (threads share it).
+        `token_store` is mtls-auth's ``token_store=`` (ours only).
         """
         builder = getattr(self, "_" + lib.replace("-", "_"))
-        client: Client = builder(family, cold=cold, margin=margin, pool=pool)
+        options: dict[str, Any] = {} if token_store is None else {"token_store": token_store}
+        client: Client = builder(family, cold=cold, margin=margin, pool=pool, **options)
         return client
 
     def _requests_session(self, pool: int) -> Any:
@@ -244,13 +248,22 @@ class Setup:
             "baseline", family, self._httpx_client(family, pool, auth=_fixed_httpx_auth(header))
         )
 
-    def _ours(self, family: str, *, cold: bool, margin: float | None, pool: int) -> Client:
+    def _ours(
+        self,
+        family: str,
+        *,
+        cold: bool,
+        margin: float | None,
+        pool: int,
+        token_store: Any = None,
+    ) -> Client:
         ep = self.endpoint
+        options = {"verify": ep.ca_pem, "token_store": token_store}
         if family == "requests":
             from mtls_auth.requests import MtlsOAuth2
 
             session = self._requests_session(pool)
-            session.auth = MtlsOAuth2(ep.token_url, ep.client_id, self.cert, verify=ep.ca_pem)
+            session.auth = MtlsOAuth2(ep.token_url, ep.client_id, self.cert, **options)
             client = self._wrap("ours", family, session)
             auth = session.auth
             closer = client.close
@@ -263,7 +276,7 @@ class Setup:
             return client
         from mtls_auth.httpx import MtlsOAuth2 as HttpxMtlsOAuth2
 
-        hauth = HttpxMtlsOAuth2(ep.token_url, ep.client_id, self.cert, verify=ep.ca_pem)
+        hauth = HttpxMtlsOAuth2(ep.token_url, ep.client_id, self.cert, **options)
         hclient = self._httpx_client(family, pool, auth=hauth)
         client = self._wrap("ours", family, hclient)
         if family == "httpx-async":
@@ -310,6 +323,10 @@ class Setup:
             # authlib 1.7+ says its httpx integration is deprecated in favour of
             # httpx2; it still works with httpx, which is what users have.
             warnings.simplefilter("ignore")
+            # authlib builds its clients on httpx2 whenever that is importable
+            # (a dev install has it); these arms get httpx transports, so the
+            # bench process, which uses no httpx2, hides it from authlib.
+            sys.modules.setdefault("httpx2", None)  # type: ignore[arg-type]
             from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
 
         if family == "httpx-async":

@@ -4,8 +4,9 @@ The benchmark's client code and the server must not share a GIL: on a 2-core
 machine a server thread in the client's process would steal the client's
 interpreter and blur every ratio. `LoopbackServer` starts
 `mtls_auth.testing.TokenServer` in a child process (multiprocessing, spawn)
-and steers it over a pipe: token request count, injected delays, token
-lifetime, and clearing its records between phases.
+and steers it over a pipe: token request count, accepted connections, injected
+delays, token lifetime, clearing its records between phases, a tenant's
+service key and user tokens minted by the server (for the jwt-bearer grant).
 
 The child generates the PKI and a client certificate in memory and hands the
 client side what it needs (CA, certificate chain and key PEM) over the pipe:
@@ -74,6 +75,29 @@ class LoopbackServer:
     def set_token_lifetime(self, seconds: float) -> None:
         self._call("lifetime", seconds)
 
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections the server accepted since it started (`clear` keeps it)."""
+        return int(self._call("connections"))
+
+    def tenant_binding(self, subdomain: str = "provider") -> dict[str, Any]:
+        """An XSUAA x509 service key of tenant `subdomain`, pointing at the server.
+
+        Its token host is ``<subdomain>.authentication.cert.mtls.test``: such
+        names resolve (to 127.0.0.1) only inside `mtls_auth.testing.loopback_names`.
+        """
+        return dict(self._call("binding", subdomain))
+
+    def user_tokens(
+        self, subdomain: str, first: int, count: int, lifetime: float = 3600.0
+    ) -> list[str]:
+        """`count` user JWTs of tenant `subdomain` (``sub`` user-<first> onwards).
+
+        Minted by the server (`TokenServer.mint_user_token`): its jwt-bearer
+        grant accepts them as ``assertion`` for `lifetime` seconds.
+        """
+        return list(self._call("user_tokens", subdomain, first, count, lifetime))
+
     def stop(self) -> None:
         if self._process.is_alive():
             with contextlib.suppress(EOFError, OSError):
@@ -93,7 +117,7 @@ class LoopbackServer:
 
 def _serve(conn: Any) -> None:
     """Child process: run the TokenServer and answer control messages."""
-    from mtls_auth.testing import PKI, Fault, TokenServer
+    from mtls_auth.testing import PKI, Fault, TokenServer, xsuaa_service_key
 
     pki = PKI()
     client = pki.issue_client(CLIENT_ID, key_type="rsa")
@@ -127,6 +151,16 @@ def _serve(conn: Any) -> None:
                 elif op == "lifetime":
                     server.token_lifetime = float(args[0])
                     value = None
+                elif op == "connections":
+                    value = server.connections_accepted
+                elif op == "binding":
+                    value = xsuaa_service_key(server, client, CLIENT_ID, subdomain=args[0])
+                elif op == "user_tokens":
+                    subdomain, first, count, lifetime = args
+                    value = [
+                        server.mint_user_token(f"user-{i}", subdomain=subdomain, lifetime=lifetime)
+                        for i in range(first, first + count)
+                    ]
                 elif op == "stop":
                     conn.send((True, None))
                     return

@@ -6,7 +6,7 @@
 
 Starts the loopback mTLS token server (`mtls_auth.testing.TokenServer`, which
 requires client certificates) in a separate process, runs the measurements
-a-g (bench/README.md) against mtls-auth and the installed peers (authlib, httpx-auth,
+a-n (bench/README.md) against mtls-auth and the installed peers (authlib, httpx-auth,
 requests-oauthlib), prints a markdown table and writes ``results.md``,
 ``results.json`` and ``chart.png`` to ``--out`` (default ``bench/results``).
 A full run of every measurement also copies the table and the chart to
@@ -36,7 +36,7 @@ import report  # noqa: E402
 from candidates import PEERS, Setup, installed  # noqa: E402
 from loopback import LoopbackServer  # noqa: E402
 
-SECTIONS = "abcdefg"
+SECTIONS = "abcdefghijklmn"
 
 
 def _log(message: str) -> None:
@@ -108,6 +108,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.cert_runs = 40 if quick else 300
     args.import_runs = 5 if quick else 15
     args.memory_requests = args.memory_requests or (10_000 if quick else 100_000)
+    args.fleet_workers = 8
+    args.fleet_threads = 8
+    args.fleet_calls = 200 if quick else 2000
+    args.tenants = 200 if quick else 1000
+    args.user_bounds = (1000,) if quick else (10_000, 1000)
+    args.cold_rounds = 3 if quick else 15
+    args.footprint_objects = 10 if quick else 40
+    args.footprint_rounds = 1 if quick else 3
+    args.idle_objects = 100 if quick else 1000
+    args.idle_horizon = 1.0 if quick else 2.0
+    args.pool_threads = 256
+    args.pool_requests = 2560 if quick else 10_240
     return args
 
 
@@ -126,11 +138,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "cert_runs": args.cert_runs,
             "import_runs": args.import_runs,
             "memory_requests": args.memory_requests,
+            "fleet_workers": args.fleet_workers,
+            "fleet_threads": args.fleet_threads,
+            "fleet_calls": args.fleet_calls,
+            "tenants": args.tenants,
+            "user_bounds": list(args.user_bounds),
+            "cold_rounds": args.cold_rounds,
+            "footprint_objects": args.footprint_objects,
+            "footprint_rounds": args.footprint_rounds,
+            "idle_objects": args.idle_objects,
+            "idle_horizon": args.idle_horizon,
+            "pool_threads": args.pool_threads,
+            "pool_requests": args.pool_requests,
             "peers": {peer: installed(peer) for peer in PEERS},
         }
     }
     timings: dict[str, float] = {}
-    needs_server = any(s in args.only for s in "abcdg")
+    needs_server = any(s in args.only for s in "abcdghijklmn")
     server = LoopbackServer() if needs_server else None
     try:
         setup = None
@@ -224,7 +248,116 @@ def _section(
         outcome = memory.run(setup, args.memory_requests)
         server.clear()
         return {"memory": outcome}
+    if section == "h":
+        import fleet
+
+        assert setup is not None
+        assert server is not None
+        _log(
+            f"h. a fleet of {args.fleet_workers} processes without and with token stores: "
+            f"cold start, 2 s tokens, {args.fleet_calls} calls per candidate and process"
+        )
+        return {
+            "fleet": fleet.run(
+                setup,
+                server,
+                workers=args.fleet_workers,
+                threads=args.fleet_threads,
+                delay=args.cold_delay,
+                lifetime=2.0,
+                duration=args.expiry_duration,
+                calls=args.fleet_calls,
+                block=args.block,
+                warmup=args.warmup // 5,
+            )
+        }
+    if section in "ijklmn":
+        assert server is not None
+        return _scale_section(section, args, server)
     raise ValueError(section)
+
+
+def _scale_section(section: str, args: argparse.Namespace, server: LoopbackServer) -> Any:
+    """The measurements i-n: tenants, users, cold path, footprint, idle sockets, pools."""
+    endpoint = server.endpoint
+    assert endpoint is not None
+    if section == "i":
+        import tenants
+
+        _log(
+            f"i. tenants: memory at {args.tenants} tenants; for_tenant per call, "
+            f"{args.calls} calls per arm in {args.repeats} repetitions"
+        )
+        return {
+            "tenants": tenants.run(
+                server,
+                endpoint,
+                tenants=args.tenants,
+                warm=20,
+                calls=args.calls,
+                block=args.block,
+                warmup=args.warmup,
+                repeats=args.repeats,
+            )
+        }
+    if section == "j":
+        import users
+
+        _log(
+            f"j. users: for_user per call, {args.calls} calls per arm; memory at twice "
+            f"max_users = {', '.join(map(str, args.user_bounds))}"
+        )
+        return {
+            "users": users.run(
+                server,
+                endpoint,
+                bounds=args.user_bounds,
+                warm=20,
+                calls=args.calls,
+                block=args.block,
+                warmup=args.warmup,
+                repeats=args.repeats,
+            )
+        }
+    if section == "k":
+        import cold_path
+
+        _log(f"k. cold first request from PEM, {args.cold_rounds} fresh processes per arm and case")
+        return {"cold_path": cold_path.run(endpoint, args.cold_rounds)}
+    if section == "l":
+        import footprint
+
+        _log(
+            f"l. memory per auth object: {args.footprint_objects} per fresh process, "
+            f"{args.footprint_rounds} rounds"
+        )
+        return {
+            "footprint": footprint.run(
+                server,
+                endpoint,
+                n=args.footprint_objects,
+                rounds=args.footprint_rounds,
+                derived=args.footprint_objects,
+            )
+        }
+    if section == "m":
+        import idle_sockets
+
+        _log(
+            f"m. idle sockets: {args.idle_objects} auth objects / tenants, horizon shortened "
+            f"to {args.idle_horizon:g} s"
+        )
+        return {
+            "idle_sockets": idle_sockets.run(
+                server, endpoint, n=args.idle_objects, horizon=args.idle_horizon
+            )
+        }
+    import pools
+
+    _log(f"n. pools: {args.pool_requests} requests from {args.pool_threads} threads")
+    return {
+        "pools": pools.run(server, endpoint, threads=args.pool_threads, total=args.pool_requests)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
