@@ -5,6 +5,16 @@ private key once: PEM shape, which certificate is the leaf (the one the key
 belongs to, wherever it stands in the text), the password, the validity period.
 After that the object is immutable and cheap to share between threads.
 `ClientCertificate.ssl_context` hands it to OpenSSL (see `_tls`).
+
+Two ways to the same object. The common one, a chain in order with the leaf
+first and comfortably valid, is read without cryptography's X.509 stack: the
+validity, the Names and the public key come from the DER (`_der`), OpenSSL
+decodes every certificate, and the key must match the leaf byte for byte.
+Anything else (a chain out of order, a certificate that expires within a day
+or is not valid yet, DER the short reader does not know) takes the complete
+path through `cryptography.x509`, which orders the chain and names every
+problem. The decoded forms (`subject`, `issuer`, `chain`) are built on first
+use.
 """
 
 from __future__ import annotations
@@ -14,22 +24,21 @@ import datetime
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import ssl
 import weakref
 from typing import TYPE_CHECKING, Callable, Union
 
+from ._der import certificate_facts
 from ._errors import CertificateError
+from ._pem import CERT_LABELS, KEY_LABELS, as_pem_bytes, certificate_der, pem_blocks
 from ._redact import Secret, guarded, safe_repr
 from ._tls import INSECURE_SKIP_VERIFY, Verify, build_ssl_context, load_client_chain
+from ._x509 import describe_key, load_certificates, load_key, order_chain, spki
 
 if TYPE_CHECKING:
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric.types import (
-        PrivateKeyTypes,
-        PublicKeyTypes,
-    )
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 __all__ = [
     "INSECURE_SKIP_VERIFY",
@@ -43,183 +52,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Markers only: BEGIN and END lines are paired in one linear pass (a single
-# regex spanning whole blocks backtracks quadratically on hostile input).
-_PEM_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 ]{1,64})-----")
-#: More PEM than any certificate chain or key needs; larger input is refused.
-_MAX_PEM_BYTES = 1 << 20
-_CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE"})
-_KEY_LABELS = frozenset(
-    {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
-)
 _EXPIRY_WARNING = datetime.timedelta(hours=24)
+#: How far a certificate's start may lie ahead of this host's clock.
+_CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _as_pem_bytes(value: str | bytes | Secret, what: str) -> bytes:
-    """Normalise PEM text as pasted from a service key: bytes, literal ``\\n``."""
-    if isinstance(value, Secret):
-        value = value.value
-    if isinstance(value, str):
-        if not value.isascii():
-            # Checked, not caught: a UnicodeEncodeError would carry the text
-            # (its .object) into the error's context.
-            del value
-            raise CertificateError(f"the {what} is not PEM: it contains non-ASCII text")
-        data = value.encode("ascii")
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-    else:
-        raise CertificateError(
-            f"the {what} must be PEM text (str or bytes), not {type(value).__name__}"
-        )
-    if len(data) > _MAX_PEM_BYTES:
-        raise CertificateError(f"the {what} is larger than {_MAX_PEM_BYTES} bytes")
-    if b"\\n" in data:
-        # Service keys printed by `cf service-key` or copied from a JSON viewer
-        # carry the newlines as two characters.
-        data = data.replace(b"\\r\\n", b"\n").replace(b"\\n", b"\n")
-    return data.replace(b"\r\n", b"\n").strip() + b"\n"
-
-
-def _blocks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(label, whole block) for every well-formed PEM block, in order."""
-    blocks: list[tuple[bytes, bytes]] = []
-    start: re.Match[bytes] | None = None
-    for marker in _PEM_MARKER.finditer(data):
-        if marker.group(1) == b"BEGIN":
-            start = marker
-        elif start is not None and marker.group(2) == start.group(2):
-            blocks.append((start.group(2), data[start.start() : marker.end()] + b"\n"))
-            start = None
-    return blocks
-
-
-def _load_key(block: Secret, label: bytes, password: Secret | None) -> PrivateKeyTypes:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block.value
-    if encrypted and password is None:
-        raise CertificateError(
-            "the private key is encrypted but no password was given: pass password="
-        )
-    failure: str | None = None
-    try:
-        # cryptography's full RSA check tests p and q for primality: about 50 ms
-        # for a 2048-bit key, most of a cold start. That check guards code that
-        # decrypts with keys from strangers; this key is the client's own and
-        # only signs its TLS handshakes. What matters is that it signs
-        # correctly, and `_signs` proves that with one signature (about 1 ms);
-        # from_pem then checks that it belongs to the certificate, and OpenSSL
-        # checks the pair again in load_cert_chain.
-        loaded = load_pem_private_key(
-            block.value,
-            password.value if encrypted and password is not None else None,
-            unsafe_skip_rsa_key_validation=True,
-        )
-        if _signs(loaded):
-            return loaded
-    except UnsupportedAlgorithm:
-        failure = (
-            f"the private key uses an algorithm this OpenSSL build cannot load ({label.decode()})"
-        )
-    except (ValueError, TypeError):
-        if encrypted:
-            # cryptography says "Bad decrypt. Incorrect password?" for a wrong
-            # password; a corrupted encrypted blob fails the same way.
-            failure = "the password for the private key is wrong (or the encrypted key is corrupt)"
-        else:
-            failure = (
-                f"the private key is not valid PEM ({label.decode()}): it could not be decoded"
-            )
-    if failure is None:  # loaded, but its parts do not make a working key
-        failure = (
-            f"the private key is not valid PEM ({label.decode()}): it could not be decoded "
-            "(its parts do not fit together: corrupt or edited)"
-        )
-    # Raised outside the except clause on purpose: cryptography's exception (and
-    # OpenSSL's error queue behind it) stays out of __context__ and tracebacks.
-    raise CertificateError(failure)
-
-
-def _signs(key: PrivateKeyTypes) -> bool:
-    """Whether an RSA key (loaded without cryptography's check) makes valid signatures."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-    if not isinstance(key, rsa.RSAPrivateKey):
-        return True  # fully checked on load
-    message = b"mtls-auth key self-test"
-    try:
-        signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        key.public_key().verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _load_certificates(blocks: list[bytes]) -> list[x509.Certificate]:
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-
-    certs = []
-    for index, block in enumerate(blocks, start=1):
-        try:
-            cert = x509.load_pem_x509_certificate(block)
-            # cryptography decodes these lazily: touch them here, where a
-            # corrupt field becomes a CertificateError, not later.
-            cert.public_key()
-            cert.subject.rfc4514_string()
-            cert.issuer.rfc4514_string()
-            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise CertificateError(
-                f"certificate #{index} in the certificate PEM could not be decoded: "
-                f"{type(exc).__name__}"
-            ) from exc
-        certs.append(cert)
-    return certs
-
-
-def _spki(public_key: PublicKeyTypes) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-def _order_chain(leaf: x509.Certificate, others: list[x509.Certificate]) -> list[x509.Certificate]:
-    """Leaf first, then each issuer in turn; certificates that fit nowhere last."""
-    chain = [leaf]
-    rest = list(others)
-    current = leaf
-    while rest:
-        parent = next((c for c in rest if c.subject == current.issuer), None)
-        if parent is None or current.issuer == current.subject:
-            break
-        chain.append(parent)
-        rest.remove(parent)
-        current = parent
-    return chain + rest
-
-
-def _describe_key(key: PrivateKeyTypes) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-
-    if isinstance(key, rsa.RSAPrivateKey):
-        return f"RSA {key.key_size}"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        names = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-        return f"EC {names.get(key.curve.name, key.curve.name)}"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "Ed25519"
-    if isinstance(key, ed448.Ed448PrivateKey):
-        return "Ed448"
-    return type(key).__name__
 
 
 @safe_repr
@@ -277,8 +116,8 @@ class ClientCertificate:
         expires within 24 hours is accepted with a WARNING on the `mtls_auth`
         logger.
         """
-        cert_data = _as_pem_bytes(certificate, "certificate")
-        key_data = Secret(_as_pem_bytes(key, "private key"))
+        cert_data = as_pem_bytes(certificate, "certificate")
+        key_data = Secret(as_pem_bytes(key, "private key"))
         if isinstance(password, Secret):
             password = password.value
         secret_password = (
@@ -296,23 +135,23 @@ class ClientCertificate:
         if known is not None and known.not_after > _now():
             return known
 
-        cert_blocks = _blocks(cert_data)
+        cert_blocks = pem_blocks(cert_data)
         if not cert_blocks:
             raise CertificateError(
                 "the certificate is not PEM: no '-----BEGIN CERTIFICATE-----' block found"
             )
-        certs_pem = [block for label, block in cert_blocks if label in _CERT_LABELS]
+        certs_pem = [block for label, block in cert_blocks if label in CERT_LABELS]
         if not certs_pem:
             labels = ", ".join(sorted({label.decode() for label, _ in cert_blocks}))
             raise CertificateError(
                 f"no certificate found in the certificate PEM (it holds: {labels})"
             )
-        key_blocks = [(label, Secret(block)) for label, block in _blocks(key_data.value)]
+        key_blocks = [(label, Secret(block)) for label, block in pem_blocks(key_data.value)]
         if not key_blocks:
             raise CertificateError(
                 "the private key is not PEM: no '-----BEGIN ... PRIVATE KEY-----' block found"
             )
-        keys_pem = [(label, block) for label, block in key_blocks if label in _KEY_LABELS]
+        keys_pem = [(label, block) for label, block in key_blocks if label in KEY_LABELS]
         if not keys_pem:
             labels = ", ".join(sorted({label.decode() for label, _ in key_blocks}))
             raise CertificateError(f"no private key found in the key PEM (it holds: {labels})")
@@ -322,50 +161,73 @@ class ClientCertificate:
             )
 
         label, block = keys_pem[0]
-        private_key = _load_key(block, label, secret_password)
+        private_key = load_key(block, label, secret_password)
         del key_data, key_blocks, keys_pem, block
-        certs = _load_certificates(certs_pem)
+        built = cls._ordered(certs_pem, private_key) or cls._complete(certs_pem, private_key)
+        _parsed[seen] = built
+        return built
 
-        key_spki = _spki(private_key.public_key())
-        leaf = next((c for c in certs if _spki(c.public_key()) == key_spki), None)
+    @classmethod
+    def _ordered(
+        cls, certs_pem: list[bytes], private_key: PrivateKeyTypes
+    ) -> ClientCertificate | None:
+        """The chain as given, if it is in order and needs nothing decoded; else None.
+
+        The leaf first, its public key byte for byte the key's, each further
+        certificate the issuer of the one before, every certificate decodable
+        by OpenSSL, and the leaf valid now and for more than a day (what
+        `_complete` would warn or fail about is said there, with the subject).
+        """
+        ders = [certificate_der(block) for block in certs_pem]
+        facts = [None if der is None else certificate_facts(der) for der in ders]
+        leaf = facts[0]
+        if leaf is None or leaf.public_key != spki(private_key.public_key()):
+            return None
+        for child, parent in zip(facts, facts[1:]):
+            if child is None or parent is None or child.issuer != parent.subject:
+                return None
+        now = _now()
+        if leaf.not_before > now + _CLOCK_SKEW or leaf.not_after - now <= _EXPIRY_WARNING:
+            return None
+        try:  # OpenSSL's own decoding, as load_cert_chain will need it
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=b"".join(der for der in ders if der is not None)
+            )
+        except (ssl.SSLError, ValueError):
+            return None
+        return cls._make(
+            b"".join(certs_pem), private_key, leaf.not_before, leaf.not_after, ders[0] or b""
+        )
+
+    @classmethod
+    def _complete(cls, certs_pem: list[bytes], private_key: PrivateKeyTypes) -> ClientCertificate:
+        """Every certificate decoded: the leaf found by its key, the chain put in order."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        certs = load_certificates(certs_pem)
+        key_spki = spki(private_key.public_key())
+        leaf = next((c for c in certs if spki(c.public_key()) == key_spki), None)
         if leaf is None:
             subjects = "; ".join(c.subject.rfc4514_string() or "(empty subject)" for c in certs)
             raise CertificateError(
                 "the private key does not match the certificate "
                 f"(no certificate in the chain belongs to this key; chain: {subjects})"
             )
-        chain = _order_chain(leaf, [c for c in certs if c is not leaf])
-        built = cls._build(tuple(chain), private_key)
-        _parsed[seen] = built
-        return built
-
-    @classmethod
-    def _build(
-        cls, chain: tuple[x509.Certificate, ...], private_key: PrivateKeyTypes
-    ) -> ClientCertificate:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        leaf = chain[0]
-        self = object.__new__(cls)
+        chain = tuple(order_chain(leaf, [c for c in certs if c is not leaf]))
+        self = cls._make(
+            b"".join(c.public_bytes(Encoding.PEM) for c in chain),
+            private_key,
+            leaf.not_valid_before_utc,
+            leaf.not_valid_after_utc,
+            leaf.public_bytes(Encoding.DER),
+        )
         object.__setattr__(self, "_chain", chain)
-        object.__setattr__(
-            self, "_chain_pem", b"".join(c.public_bytes(Encoding.PEM) for c in chain)
-        )
-        object.__setattr__(self, "_key", private_key)
-        object.__setattr__(self, "_key_type", _describe_key(private_key))
-        object.__setattr__(self, "_not_after", leaf.not_valid_after_utc)
-        object.__setattr__(self, "_not_before", leaf.not_valid_before_utc)
-        digest = hashlib.sha256(leaf.public_bytes(Encoding.DER)).digest()
-        object.__setattr__(
-            self, "_thumbprint", base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-        )
-
         now = _now()
         if self._not_after <= now:
             raise CertificateError(
                 f"the certificate {self.subject!r} expired on {_fmt(self._not_after)}"
             )
-        if self._not_before > now + datetime.timedelta(minutes=5):
+        if self._not_before > now + _CLOCK_SKEW:
             raise CertificateError(
                 f"the certificate {self.subject!r} is not valid before {_fmt(self._not_before)}"
             )
@@ -378,6 +240,37 @@ class ClientCertificate:
             )
         return self
 
+    @classmethod
+    def _make(
+        cls,
+        chain_pem: bytes,
+        private_key: PrivateKeyTypes,
+        not_before: datetime.datetime,
+        not_after: datetime.datetime,
+        leaf_der: bytes,
+    ) -> ClientCertificate:
+        self = object.__new__(cls)
+        object.__setattr__(self, "_chain_pem", chain_pem)
+        object.__setattr__(self, "_key", private_key)
+        object.__setattr__(self, "_key_type", describe_key(private_key))
+        object.__setattr__(self, "_not_after", not_after)
+        object.__setattr__(self, "_not_before", not_before)
+        digest = hashlib.sha256(leaf_der).digest()
+        object.__setattr__(
+            self, "_thumbprint", base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+        )
+        return self
+
+    def _decoded_chain(self) -> tuple[x509.Certificate, ...]:
+        """The chain as `cryptography.x509` objects, decoded on first use."""
+        try:
+            return self._chain
+        except AttributeError:
+            pass
+        chain = tuple(load_certificates([block for _, block in pem_blocks(self._chain_pem)]))
+        object.__setattr__(self, "_chain", chain)
+        return chain
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("ClientCertificate is immutable")
 
@@ -389,12 +282,22 @@ class ClientCertificate:
     @property
     def subject(self) -> str:
         """The leaf certificate's subject as an RFC 4514 string."""
-        return self._chain[0].subject.rfc4514_string()
+        return self._leaf_name("subject")
 
     @property
     def issuer(self) -> str:
         """The leaf certificate's issuer as an RFC 4514 string."""
-        return self._chain[0].issuer.rfc4514_string()
+        return self._leaf_name("issuer")
+
+    def _leaf_name(self, which: str) -> str:
+        try:
+            leaf = self._decoded_chain()[0]
+        except CertificateError:
+            # OpenSSL decodes it but cryptography does not: logs and messages
+            # still need a name, and the certificate works.
+            return "(a name cryptography cannot decode)"
+        name: str = getattr(leaf, which).rfc4514_string()
+        return name
 
     @property
     def not_before(self) -> datetime.datetime:
@@ -419,12 +322,12 @@ class ClientCertificate:
     @property
     def certificate(self) -> x509.Certificate:
         """The leaf certificate (a `cryptography.x509.Certificate`)."""
-        return self._chain[0]
+        return self._decoded_chain()[0]
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
         """The leaf followed by the CA certificates that came with it."""
-        return self._chain
+        return self._decoded_chain()
 
     @property
     def certificate_pem(self) -> str:
@@ -447,7 +350,7 @@ class ClientCertificate:
         new context, because HTTP libraries mutate the context they are given.
         """
         context = build_ssl_context(verify)
-        load_client_chain(context, self._chain_pem, self._key, self.subject)
+        load_client_chain(context, self._chain_pem, self._key, lambda: self.subject)
         return context
 
     # -- no secrets out ------------------------------------------------------------

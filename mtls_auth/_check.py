@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._binding import Binding
-from ._certificate import _as_pem_bytes, _describe_key
 from ._errors import MtlsAuthError
+from ._pem import as_pem_bytes
 from ._redact import Secret, guarded, safe_repr
 from ._sources import BindingInput, BindingSource
 from ._token import TokenInfo
+from ._x509 import describe_key
 
 __all__ = ["CheckReport", "Finding", "check_binding"]
 
@@ -185,11 +186,11 @@ def _check_certificate(
     )
 
     try:
-        certs = x509.load_pem_x509_certificates(_as_pem_bytes(parsed.certificate, "certificate"))
+        certs = x509.load_pem_x509_certificates(as_pem_bytes(parsed.certificate, "certificate"))
     except (ValueError, MtlsAuthError):
         report.error("the binding's certificate is not valid PEM")
         return
-    key_bytes = Secret(_as_pem_bytes(parsed.key, "private key"))
+    key_bytes = Secret(as_pem_bytes(parsed.key, "private key"))
     failure = None
     try:
         key = load_pem_private_key(key_bytes.value, None)
@@ -201,7 +202,7 @@ def _check_certificate(
         report.error(failure)
         leaf = certs[0]
     else:
-        report.key_type = _describe_key(key)
+        report.key_type = describe_key(key)
         spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         matching = [
             c

@@ -424,7 +424,7 @@ class TokenClient:
                 timeout=self.settings.timeout,
                 retry=self.settings.retry,
                 clock=self.cache.clock,
-                subject=state.certificate.subject,
+                subject=lambda: state.certificate.subject,
             )
         except TokenResponseError as exc:
             refused = grant.refused(exc)

@@ -98,7 +98,7 @@ def fetch_flow(
     timeout: float,
     retry: RetryPolicy,
     clock: Callable[[], float],
-    subject: str,
+    subject: Callable[[], str],
     timer: Callable[[], float] = time.monotonic,
 ) -> Generator[Step, Reply, Token]:
     """Fetch one token with `request`, retried, as a generator the drivers run.
@@ -106,7 +106,8 @@ def fetch_flow(
     Yields the `HttpRequest` with each attempt's share of the deadline as its
     timeout (the driver sends it and sends back an `HttpResponse` or `TransportFailure`) or a
     float (the driver sleeps that many seconds and sends back None). Returns the
-    `Token`, or raises `TokenRequestError` / `TokenResponseError`.
+    `Token`, or raises `TokenRequestError` / `TokenResponseError`. `subject`
+    gives the client certificate's subject, asked for only to word an error.
     """
     deadline = timer() + timeout
     url = request.url
@@ -177,10 +178,12 @@ def _final(error: Exception, why: str) -> Exception:
     return final
 
 
-def _transport_error(failure: TransportFailure, url: str, subject: str) -> TokenRequestError:
+def _transport_error(
+    failure: TransportFailure, url: str, subject: Callable[[], str]
+) -> TokenRequestError:
     if failure.kind == "tls_client":
         message = (
-            f"token endpoint {url} rejected the client certificate {subject!r} during the "
+            f"token endpoint {url} rejected the client certificate {subject()!r} during the "
             f"TLS handshake ({failure.detail}); check that the certificate is the one bound "
             "to this client id, is not expired or revoked, and is issued by a CA the server trusts"
         )
@@ -194,7 +197,7 @@ def _transport_error(failure: TransportFailure, url: str, subject: str) -> Token
     elif failure.kind == "tls_closed":
         message = (
             f"token request to {url} failed: {failure.detail} (the server may have "
-            f"rejected the client certificate {subject!r})"
+            f"rejected the client certificate {subject()!r})"
         )
     elif failure.kind == "too_large":
         message = f"token endpoint {url} sent a response over {MAX_RESPONSE_BYTES} bytes"

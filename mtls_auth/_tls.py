@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from ._errors import CertificateError, InsecureTransportError
 from ._redact import Secret
@@ -161,7 +161,7 @@ def _load_trust(context: ssl.SSLContext, verify: str | bytes | os.PathLike[str])
 
 
 def load_client_chain(
-    context: ssl.SSLContext, chain_pem: bytes, key: PrivateKeyTypes, subject: str
+    context: ssl.SSLContext, chain_pem: bytes, key: PrivateKeyTypes, subject: Callable[[], str]
 ) -> None:
     """Load a certificate chain and its private key into `context`, the key off disk.
 
@@ -186,7 +186,7 @@ def _load_encrypted(
     context: ssl.SSLContext,
     chain_pem: bytes,
     key: PrivateKeyTypes,
-    subject: str,
+    subject: Callable[[], str],
     *,
     traditional: bool,
 ) -> None:
@@ -208,11 +208,11 @@ def _load_encrypted(
             context.load_cert_chain(cert_path, key_path, password=passphrase.value)
     except ssl.SSLError as exc:
         raise CertificateError(
-            f"OpenSSL refused the client certificate {subject!r}: {_explain_ssl_error(exc)}"
+            f"OpenSSL refused the client certificate {subject()!r}: {_explain_ssl_error(exc)}"
         ) from exc
     except OSError as exc:
         raise CertificateError(
-            f"could not hand the client certificate {subject!r} to OpenSSL: {exc.strerror or exc}"
+            f"could not hand the client certificate {subject()!r} to OpenSSL: {exc.strerror or exc}"
         ) from exc
 
 

@@ -523,7 +523,7 @@ def _install() -> None:
 
     for cls in _library_classes():
         _wrap_init(cls)
-    _wrap_classmethod(ClientCertificate, "_build")
+    _wrap_classmethod(ClientCertificate, "_make")
     # Every MtlsOAuth2, constructed or derived, is bound to its client here.
     from mtls_auth._auth import AuthFacade
 

@@ -22,7 +22,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from broken_keys import edited_rsa_key
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from leaks import all_key_pems, secret_lines
 
 from mtls_auth import (
@@ -209,6 +211,47 @@ def test_leaf_is_found_by_its_key_and_put_first(
         expected.append(mtls_pki.root.certificate)
     assert list(cert.chain) == expected
     assert cert.certificate_pem.startswith(mtls_client_certificate.cert_pem)
+
+
+def test_an_ordered_chain_and_a_shuffled_one_give_the_same_certificate(
+    mtls_pki: PKI, mtls_client_certificate: Credential
+) -> None:
+    # The first is read without cryptography's X.509 stack, the second is not.
+    ordered = ClientCertificate.from_pem(
+        mtls_client_certificate.chain_pem, mtls_client_certificate.key_pem
+    )
+    shuffled = ClientCertificate.from_pem(
+        mtls_pki.intermediate_pem + mtls_client_certificate.cert_pem,
+        mtls_client_certificate.key_pem,
+    )
+    assert ordered is not shuffled
+    for name in (
+        "thumbprint",
+        "not_before",
+        "not_after",
+        "subject",
+        "issuer",
+        "key_type",
+        "certificate_pem",
+        "chain",
+    ):
+        assert getattr(ordered, name) == getattr(shuffled, name), name
+    assert repr(ordered) == repr(shuffled)
+
+
+def test_a_key_with_edited_private_parts_is_refused(
+    mtls_client_certificate: Credential,
+) -> None:
+    # Its public half matches the certificate, so only the self-test can tell.
+    private_key = mtls_client_certificate.private_key
+    assert isinstance(private_key, rsa.RSAPrivateKey)
+    edited = edited_rsa_key(private_key).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with pytest.raises(CertificateError, match="parts do not fit together"):
+        ClientCertificate.from_pem(mtls_client_certificate.chain_pem, edited)
 
 
 def test_leaf_alone_is_a_chain_of_one(mtls_client_certificate: Credential) -> None:

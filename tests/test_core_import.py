@@ -38,6 +38,55 @@ def test_import_mtls_auth_pulls_in_no_http_library_and_no_cryptography() -> None
     ]
 
 
+def test_a_requests_application_never_imports_asyncio() -> None:
+    # About 13 ms of a cold start that a synchronous application never uses.
+    script = (
+        "import sys, requests, mtls_auth.requests; "
+        "print('mtls_auth._aio' in sys.modules, 'asyncio' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["True", "False"]
+
+
+_COLD_CHILD = (
+    "import json, sys\n"
+    "from mtls_auth import ClientCertificate\n"
+    "data = json.load(sys.stdin)\n"
+    "cert = ClientCertificate.from_pem(data['chain'], data['key'])\n"
+    "cert.ssl_context(verify=data['ca'])\n"
+    "facts = [cert.thumbprint, cert.not_after.isoformat(), cert.key_type]\n"
+    "print(json.dumps([m for m in sys.modules if m.startswith('cryptography.x509')]))\n"
+)
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered-chain", "shuffled-chain"])
+def test_an_ordered_chain_is_loaded_without_the_x509_stack(ordered: bool) -> None:
+    # Importing cryptography.x509 costs about 20 ms, as much as a whole
+    # hand-written first request; an ordered chain needs none of it. A chain
+    # out of order takes the complete path (and proves this test can fail).
+    from mtls_auth.testing import PKI
+
+    pki = PKI()
+    client = pki.issue_client("cold-start")
+    chain = client.chain_pem if ordered else pki.intermediate_pem + client.cert_pem
+    payload = json.dumps({"chain": chain, "key": client.key_pem, "ca": pki.root_pem})
+    result = subprocess.run(
+        [sys.executable, "-c", _COLD_CHILD],
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    x509_modules = json.loads(result.stdout)
+    if ordered:
+        assert x509_modules == []
+    else:
+        assert "cryptography.x509" in x509_modules
+
+
 def test_the_pytest_plugin_loads_no_test_kit_until_a_fixture_is_used() -> None:
     loaded = loaded_after("import pytest, mtls_auth.testing.plugin")
     assert [m for m in loaded if m.startswith("mtls_auth.")] == [

@@ -24,6 +24,7 @@ if not _credstore.available():  # pragma: no cover - Python 3.9
         "Credential Store payloads need joserfc >= 1.7.2 (Python 3.10+)", allow_module_level=True
     )
 
+from broken_keys import edited_rsa_key
 from credstore_harness import hand_built_jwe, jwe_header, new_key, pkcs8_der_b64, spki_der_b64
 
 from mtls_auth import PayloadError
@@ -221,6 +222,13 @@ def test_from_encryption_needs_server_public_key(
     _, client_key = keys
     with pytest.raises(PayloadError, match="server_public_key"):
         PayloadCipher.from_encryption({"client_private_key": pkcs8_der_b64(client_key)})
+
+
+def test_a_client_key_with_edited_private_parts_is_refused() -> None:
+    # Loaded without cryptography's 40 ms primality check; the self-test catches it.
+    broken = pkcs8_der_b64(edited_rsa_key(new_key()))
+    with pytest.raises(PayloadError, match="could not be decoded"):
+        PayloadCipher(new_key(), broken)
 
 
 def test_unusable_keys_are_payload_errors(

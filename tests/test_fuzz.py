@@ -423,7 +423,7 @@ def test_fuzz_fetch_flow(answers: list[Any], attempts: int, timeout: float) -> N
             timeout=timeout,
             retry=policy,
             clock=lambda: now[0],
-            subject="CN=x",
+            subject=lambda: "CN=x",
             timer=lambda: now[0],
         )
         step = next(flow)

@@ -115,7 +115,7 @@ class Driver:
             timeout=self.timeout,
             retry=self.retry,
             clock=self.clock,
-            subject=SUBJECT,
+            subject=lambda: SUBJECT,
             timer=self.timer,
         )
 

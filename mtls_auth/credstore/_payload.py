@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 from .._errors import PayloadError
 from .._redact import guarded, safe_repr
+from .._x509 import signs
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -124,11 +125,20 @@ def _private_key(value: KeyInput) -> rsa.RSAPrivateKey:
     if isinstance(value, rsa.RSAPublicKey):
         raise PayloadError("a public key was given where the client private key is needed")
     data, pem = _der_or_pem(value, "client private key")
+    key: object = None
     try:
-        key = load_pem_private_key(data, None) if pem else load_der_private_key(data, None)
+        # Not cryptography's full RSA check (primality of p and q, about 40 ms
+        # for each binding loaded): this key is the binding's own, not a
+        # stranger's, and `signs` proves with one private operation (the one
+        # decryption also uses) that its parts fit together.
+        load = load_pem_private_key if pem else load_der_private_key
+        loaded = load(data, None, unsafe_skip_rsa_key_validation=True)
+        if not isinstance(loaded, rsa.RSAPrivateKey) or signs(loaded):
+            key = loaded
+        del loaded
     except (ValueError, TypeError):
         # Outside the except clause's message: cryptography's text stays out.
-        key = None
+        pass
     if key is None:
         raise PayloadError(
             "the client private key (encryption.client_private_key) could not be decoded"
