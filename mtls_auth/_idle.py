@@ -10,7 +10,9 @@ together (frequent refreshes, a burst of tenant or user tokens) keep reusing
 the connection.
 
 One daemon thread for the whole process (`_Reaper`, started on first use)
-calls `IdleRelease.fire` at the right time; a sync sender then closes its
+calls `IdleRelease.fire` at the right time, with at most one entry per sender
+however many fetches it makes (a later fetch moves the time, it does not add
+an entry); a sync sender then closes its
 session or client, an async one has its event loop close that loop's client
 (``call_soon_threadsafe``). Nothing is closed while a fetch is using the
 connection, and what is closed is rebuilt on the next fetch.
@@ -39,42 +41,57 @@ HORIZON = 30.0
 class IdleRelease:
     """Decides when one sender's connections go: `begin`/`end` around each fetch."""
 
-    __slots__ = ("__weakref__", "_active", "_lock", "_release", "_round", "horizon")
+    __slots__ = ("__weakref__", "_active", "_due", "_lock", "_queued", "_release", "horizon")
 
     def __init__(self, release: Callable[[], object], horizon: float = HORIZON) -> None:
         self._release = release
         self.horizon = horizon
         self._lock = threading.Lock()
         self._active = 0
-        #: Bumped by every fetch: a release armed before it is stale.
-        self._round = 0
+        #: When to release (monotonic seconds); None while nothing is planned.
+        self._due: float | None = None
+        #: Whether the reaper holds an entry for this sender.
+        self._queued = False
         after_fork.register(self)
 
     def begin(self) -> None:
         with self._lock:
             self._active += 1
-            self._round += 1
+            self._due = None  # the fetch ending plans again
 
     def end(self, quiet_for: float | None) -> None:
         """A fetch ended; `quiet_for` is how long no refresh is due (None: unknown)."""
+        quiet = quiet_for is not None and quiet_for > self.horizon
         with self._lock:
             self._active -= 1
-            armed = self._round
-        if quiet_for is not None and quiet_for > self.horizon:
-            _reaper().schedule(self.horizon, self, armed)
+            if not quiet or self._active:
+                return  # a refresh comes soon, or a fetch still runs and will plan
+            due = self._due = time.monotonic() + self.horizon
+            if self._queued:
+                return  # the reaper's entry finds the new time when it comes
+            self._queued = True
+        _reaper().schedule(due, self)
 
-    def fire(self, armed: int) -> None:
-        """Release, unless a fetch ran since `armed` or one is running."""
+    def fire(self, now: float) -> float | None:
+        """Release if due by `now`; the later time to look again, or None when done."""
         with self._lock:
-            if self._active or self._round != armed:
-                return
-            self._round += 1
+            due = self._due
+            if due is not None and due > now:
+                return due
+            self._queued = False
+            if due is None or self._active:
+                return None
+            self._due = None
         self._release()
+        return None
 
     def _after_fork(self) -> None:
-        # In a forked child: the fetches counted here ran in threads it lacks.
+        # In a forked child: the fetches counted here ran in threads it lacks,
+        # and it has no reaper holding an entry.
         self._lock = threading.Lock()
         self._active = 0
+        self._due = None
+        self._queued = False
 
 
 class _Reaper:
@@ -82,14 +99,13 @@ class _Reaper:
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._heap: list[tuple[float, int, weakref.ref[IdleRelease], int]] = []
+        self._heap: list[tuple[float, int, weakref.ref[IdleRelease]]] = []
         self._counter = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def schedule(self, delay: float, release: IdleRelease, armed: int) -> None:
+    def schedule(self, when: float, release: IdleRelease) -> None:
         with self._condition:
-            entry = (time.monotonic() + delay, next(self._counter), weakref.ref(release), armed)
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(self._heap, (when, next(self._counter), weakref.ref(release)))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="mtls-auth-idle-connections", daemon=True
@@ -103,12 +119,16 @@ class _Reaper:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._condition.wait(timeout)
-                _, _, ref, armed = heapq.heappop(self._heap)
+                _, _, ref = heapq.heappop(self._heap)
             release = ref()
-            if release is not None:
-                # Closing must never kill the reaper: whatever it raises is dropped.
-                with contextlib.suppress(Exception):
-                    release.fire(armed)
+            if release is None:
+                continue
+            later = None
+            # Closing must never kill the reaper: whatever it raises is dropped.
+            with contextlib.suppress(Exception):
+                later = release.fire(time.monotonic())
+            if later is not None:
+                self.schedule(later, release)
 
 
 _instance: _Reaper | None = None

@@ -106,19 +106,39 @@ def test_the_connection_stays_while_refreshes_come_close(
 
 
 def test_a_fetch_in_progress_is_never_cut() -> None:
-    """The release waits for running fetches and skips if one ran since it was armed."""
+    """The release waits for running fetches, and a later fetch moves it."""
     from mtls_auth._idle import IdleRelease
 
     released: list[int] = []
-    idle = IdleRelease(lambda: released.append(1), horizon=0)
+    idle = IdleRelease(lambda: released.append(1), horizon=10.0)
     idle.begin()
-    idle.fire(1)  # a fetch is running
+    idle.end(3600)  # planned: released 10 s after this fetch
+    due = idle._due
+    assert due is not None
+    idle.begin()  # another fetch starts: nothing may be cut under it
+    assert idle.fire(due + 1) is None
     assert released == []
-    idle.end(None)
-    idle.fire(0)  # armed before the fetch that ran since
+    idle.end(3600)  # it ends: planned again from now
+    later = idle._due
+    assert later is not None
+    assert later >= due
+    assert idle.fire(later - 1) == later  # not yet: look again then
     assert released == []
-    idle.fire(1)
+    assert idle.fire(later) is None
     assert released == [1]
+    assert idle.fire(later + 100) is None  # once
+    assert released == [1]
+
+
+def test_many_fetches_keep_one_reaper_entry() -> None:
+    """However many fetches a sender makes, the reaper holds one entry for it."""
+    from mtls_auth._idle import IdleRelease, _reaper
+
+    idle = IdleRelease(lambda: None, horizon=3600.0)
+    for _ in range(100):
+        idle.begin()
+        idle.end(86400)
+    assert len([entry for entry in _reaper()._heap if entry[2]() is idle]) == 1
 
 
 def test_finished_event_loops_are_not_kept_alive(
