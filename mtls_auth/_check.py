@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._binding import Binding
-from ._errors import MtlsAuthError
-from ._pem import as_pem_bytes
+from ._errors import CertificateError, MtlsAuthError
+from ._pem import KEY_LABELS, as_pem_bytes, is_encrypted_key, pem_blocks
 from ._redact import Secret, guarded, safe_repr
 from ._sources import BindingInput, BindingSource
 from ._token import TokenInfo
-from ._x509 import describe_key
+from ._x509 import describe_key, load_key
 
 __all__ = ["CheckReport", "Finding", "check_binding"]
 
@@ -179,11 +179,7 @@ def _check_certificate(
     report: CheckReport, parsed: Binding, warn_before: datetime.timedelta
 ) -> None:
     from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        load_pem_private_key,
-    )
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     try:
         certs = x509.load_pem_x509_certificates(as_pem_bytes(parsed.certificate, "certificate"))
@@ -191,13 +187,21 @@ def _check_certificate(
         report.error("the binding's certificate is not valid PEM")
         return
     key_bytes = Secret(as_pem_bytes(parsed.key, "private key"))
+    # Loaded as from_pem loads it (an RSA key proven by one signature, not by
+    # cryptography's 40 ms primality test): what check accepts, the library does.
+    blocks = [(label, Secret(b)) for label, b in pem_blocks(key_bytes.value) if label in KEY_LABELS]
+    del key_bytes
     failure = None
-    try:
-        key = load_pem_private_key(key_bytes.value, None)
-    except TypeError:
-        failure = "the binding's private key is encrypted (bindings carry plain keys)"
-    except ValueError:
+    if len(blocks) != 1:
         failure = "the binding's private key is not valid PEM"
+    elif is_encrypted_key(*blocks[0]):
+        failure = "the binding's private key is encrypted (bindings carry plain keys)"
+    else:
+        try:
+            key = load_key(blocks[0][1], blocks[0][0], None)
+        except CertificateError:
+            failure = "the binding's private key is not valid PEM"
+    del blocks
     if failure is not None:
         report.error(failure)
         leaf = certs[0]
