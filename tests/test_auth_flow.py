@@ -89,7 +89,7 @@ def test_stale_window_one_refresh_while_others_proceed(
     auth = client.auth()
     ok([client.call(auth)])
     mtls_clock.advance(1800 - 30)  # inside the 60 s leeway, still valid
-    mtls_server.inject(Fault.delay(1.5))  # the refresh hangs at the server for a while
+    mtls_server.inject(Fault.delay(30))  # the refresh hangs at the server until released
     refresher_done = threading.Event()
     outcome: list[Result] = []
 
@@ -106,6 +106,7 @@ def test_stale_window_one_refresh_while_others_proceed(
     assert len(mtls_server.token_requests) == 2
     others = client.call_many(auth, [mtls_server.resource_url] * 10, 1)
     proceeded_during_refresh = not refresher_done.is_set()
+    mtls_server.release_delays()
     thread.join(10)
     ok(others)
     ok(outcome)

@@ -40,7 +40,7 @@ from mtls_auth._token import MAX_LIFETIME
 from mtls_auth.testing import PKI, Credential, Fault, TokenServer
 from mtls_auth.testing.plugin import CLIENT_ID
 
-POLICY = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.2, max_retry_after=0.5)
+POLICY = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.2, max_retry_after=0.2)
 #: Default deadline of one token fetch (the auth's ``timeout=``), and the slack allowed.
 TIMEOUT = 2.0
 MARGIN = 1.0
@@ -175,14 +175,14 @@ ROWS: list[Row] = [
     Row(
         "slow-loris",
         "slow loris",
-        "status line, then one header byte every 0.1 s; the headers never end",
+        "status line, then one header byte every 0.05 s; the headers never end",
         TokenRequestError,
         "timed out",
         kind="timeout",
         # The server gives up after `total`: a client without a deadline for the
         # whole response returns then, later than its timeout.
-        fault=lambda: Fault.slow_headers(interval=0.1, total=3.0),
-        timeout=1.0,
+        fault=lambda: Fault.slow_headers(interval=0.05, total=3.0),
+        timeout=0.5,
     ),
     Row(
         "reset-mid-body",
@@ -231,26 +231,26 @@ ROWS: list[Row] = [
     Row(
         "503-retry-after-seconds",
         "503, Retry-After in seconds",
-        "HTTP 503 with `Retry-After: 1` on every attempt (capped to max_retry_after 0.5 s)",
+        "HTTP 503 with `Retry-After: 1` on every attempt (capped to max_retry_after 0.2 s)",
         TokenResponseError,
         "HTTP 503 (temporarily_unavailable",
         status=503,
         attempts=3,
         fault=lambda: Fault.status(503, retry_after="1"),
         times=ALWAYS,
-        retry_after=0.5,
+        retry_after=0.2,
     ),
     Row(
         "503-retry-after-date",
         "503, Retry-After as HTTP date",
-        "HTTP 503 with `Retry-After: <now + 10 s as IMF-fixdate>` (capped to 0.5 s)",
+        "HTTP 503 with `Retry-After: <now + 10 s as IMF-fixdate>` (capped to 0.2 s)",
         TokenResponseError,
         "HTTP 503 (temporarily_unavailable",
         status=503,
         attempts=3,
         fault=lambda: Fault.status(503, retry_after=_http_date(10)),
         times=ALWAYS,
-        retry_after=0.5,
+        retry_after=0.2,
     ),
     Row(
         "429",

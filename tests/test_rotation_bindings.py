@@ -299,7 +299,7 @@ def test_in_flight_request_finishes_across_a_rotation(
             outcome["error"] = exc
 
     assert get() == 200  # token and a pooled connection with A
-    mtls_server.inject(Fault.delay(0.5), path="/resource")
+    mtls_server.inject(Fault.delay(30), path="/resource")  # held until released
     in_flight = threading.Thread(target=slow, daemon=True)
     in_flight.start()
     assert wait_until(lambda: mtls_server.pending_faults == 0)  # the server holds it now
@@ -310,6 +310,8 @@ def test_in_flight_request_finishes_across_a_rotation(
         lambda: cert_of(auth) == rotated_certificate.thumbprint, lambda: statuses.append(get())
     )
     assert set(statuses) == {200}
+    assert in_flight.is_alive()  # still held at the server, across the swap
+    mtls_server.release_delays()
     in_flight.join(5)
     assert not in_flight.is_alive()
     assert outcome == {"status": 200}
@@ -407,7 +409,7 @@ def test_in_flight_async_request_finishes_across_a_rotation(
             auth=auth, transport=auth.async_transport(), timeout=10
         ) as client:
             assert (await client.get(mtls_server.resource_url)).status_code == 200
-            mtls_server.inject(Fault.delay(0.5), path="/resource")
+            mtls_server.inject(Fault.delay(30), path="/resource")  # held until released
             slow = asyncio.ensure_future(client.get(mtls_server.resource_url))
             deadline = loop.time() + DEADLINE
             while mtls_server.pending_faults and loop.time() < deadline:
@@ -420,6 +422,7 @@ def test_in_flight_async_request_finishes_across_a_rotation(
                 await asyncio.sleep(0.02)
                 statuses.append((await client.get(mtls_server.resource_url)).status_code)
             assert not slow.done()
+            mtls_server.release_delays()
             first = (await slow).status_code
         await auth.aclose()
         return first, statuses

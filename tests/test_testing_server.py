@@ -605,6 +605,31 @@ def test_delay_fault_cut_short_by_stop(mtls_pki, client, client_ctx):
     c.close()
 
 
+def test_release_delays_answers_held_requests_at_once(server, client_ctx):
+    server.inject(Fault.delay(30), times=2)
+    conns = [connect(server, client_ctx) for _ in range(2)]
+    answers = []
+    threads = [threading.Thread(target=lambda c=c: answers.append(get_token(c))) for c in conns]
+    for t in threads:
+        t.start()
+    wait_for(lambda: server.token_request_count == 2)
+    assert answers == []  # both held at the server
+    started = time.monotonic()
+    server.release_delays()
+    for t in threads:
+        t.join(5)
+    assert time.monotonic() - started < 3
+    assert len(answers) == 2
+    assert all(answers)  # answered normally, with tokens
+    # A delay that starts after the release waits its full time again.
+    server.inject(Fault.delay(0.2))
+    started = time.monotonic()
+    assert get_token(conns[0])
+    assert time.monotonic() - started >= 0.2
+    for c in conns:
+        c.close()
+
+
 def test_malformed_json_fault(server, conn):
     server.inject(Fault.malformed_json())
     response, data = token_request(conn)

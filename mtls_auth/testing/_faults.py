@@ -64,7 +64,8 @@ class Fault:
         `Fault.status`: an HTTP error with a JSON body and optional
         ``Retry-After`` (delta-seconds or an HTTP date, sent verbatim).
     ``delay``
-        `Fault.delay`: wait, then answer normally.
+        `Fault.delay`: wait, then answer normally (`TokenServer.release_delays`
+        ends the wait early).
     ``malformed_json``
         `Fault.malformed_json`: 200 with truncated JSON.
     ``reset``
@@ -120,7 +121,10 @@ class Fault:
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
-        """Sleep `seconds` on the server, then answer normally (``stop`` cuts it short)."""
+        """Sleep `seconds` on the server, then answer normally.
+
+        `TokenServer.release_delays` ends the sleep early; ``stop`` drops the request.
+        """
         return cls("delay", seconds=float(seconds))
 
     @classmethod

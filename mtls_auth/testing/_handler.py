@@ -237,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         over the connection.
         """
         if fault.kind == "delay":
-            if self.server.listener.stopping.wait(fault.seconds):
+            if self.server.listener.delay(fault.seconds):
                 raise _ResetConnection  # stopping: drop the request instead of answering
             return None
         if fault.kind == "reset":

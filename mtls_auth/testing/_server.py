@@ -493,6 +493,15 @@ class TokenServer:
         """
         self._faults.inject(fault, times, path)
 
+    def release_delays(self) -> None:
+        """Let every `Fault.delay` now in progress answer at once.
+
+        A test holds a request at the server with a long delay, checks what
+        happens meanwhile, and releases it: it waits for the fact, not for
+        the time. Delays that start later wait their full time.
+        """
+        self._listener.release_delays()
+
     @property
     def pending_faults(self) -> int:
         """How many fault applications are still queued."""

@@ -122,6 +122,9 @@ class Listener:
         self.idle_timeout = idle_timeout
         self.handshake_linger = handshake_linger
         self.stopping = threading.Event()
+        # `Fault.delay` waits on this; `release_delays` and `stop` end the waits.
+        self._delays = threading.Condition()
+        self._delay_generation = 0
         #: The last bound port; it stays known after `stop`.
         self.port: int | None = None
         self._lock = threading.Lock()
@@ -159,12 +162,29 @@ class Listener:
         )
         self._thread.start()
 
+    def delay(self, seconds: float) -> bool:
+        """Wait `seconds`, or until `release_delays` or `stop`; True if stopping."""
+        with self._delays:
+            generation = self._delay_generation
+            self._delays.wait_for(
+                lambda: self.stopping.is_set() or self._delay_generation != generation, seconds
+            )
+        return self.stopping.is_set()
+
+    def release_delays(self) -> None:
+        """End every `delay` in progress now; later ones wait their full time."""
+        with self._delays:
+            self._delay_generation += 1
+            self._delays.notify_all()
+
     def stop(self, timeout: float) -> bool:
         """Stop accepting, drop open connections and join every thread; False if not running."""
         httpd, thread = self._httpd, self._thread
         if httpd is None:
             return False
         self.stopping.set()
+        with self._delays:
+            self._delays.notify_all()
         httpd.shutdown()
         if thread is not None:
             thread.join(timeout)
