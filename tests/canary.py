@@ -76,8 +76,13 @@ class _Producers:
 _PRODUCERS = _Producers()
 
 
-def _key_lines(private_key: Any) -> list[str]:
-    """Base64 body lines of `private_key` in every unencrypted PEM format it has."""
+@functools.lru_cache(maxsize=256)
+def _key_lines(private_key: Any) -> tuple[str, ...]:
+    """Base64 body lines of `private_key` in every unencrypted PEM format it has.
+
+    Cached per key object (keys are immutable; every test asks for the kit's
+    keys again): serialising each key twice per test was a tenth of the suite.
+    """
     from cryptography.hazmat.primitives import serialization
 
     formats = [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL]
@@ -90,7 +95,7 @@ def _key_lines(private_key: Any) -> list[str]:
         except (ValueError, TypeError):
             continue
         lines.extend(_pem_body_lines(pem))
-    return lines
+    return tuple(lines)
 
 
 def _pem_body_lines(pem: str) -> list[str]:
@@ -160,7 +165,7 @@ class SecretCanary:
 
     # -- what was let out --
 
-    def _observed(self) -> Iterator[tuple[str, str]]:
+    def _observed(self, canaries: dict[str, str]) -> Iterator[tuple[str, str]]:
         """(where, text) for everything the test let out."""
         yield from list(self.texts)
         for ref in list(self.objects):
@@ -173,7 +178,6 @@ class SecretCanary:
                 except Exception:  # noqa: BLE001 - a half-built object
                     continue
                 yield f"{render.__name__}() of a {type(obj).__name__}", text
-        canaries = self.canaries()
         for error in list(self.errors):
             yield from _exception_texts(error, "exception")
             yield from _frame_texts(error, canaries)
@@ -185,12 +189,22 @@ class SecretCanary:
             return []
         results: list[str] = []
         seen: set[tuple[str, str]] = set()
-        for where, text in [*self._observed(), *extra]:
-            for run in _ALPHABET_RUN.findall(text):
-                for secret, label in canaries.items():
-                    if len(secret) <= len(run) and secret in run and (where, label) not in seen:
-                        seen.add((where, label))
-                        results.append(f"{label} appears in {where}: {_excerpt(text, secret)}")
+        # A secret made of run characters lies in a run exactly when it lies in
+        # the text: one substring search each, the runs split out only for the
+        # others (and only for texts that have a run at all).
+        plain = [(s, label) for s, label in canaries.items() if _ALPHABET_RUN.fullmatch(s)]
+        other = [(s, label) for s, label in canaries.items() if not _ALPHABET_RUN.fullmatch(s)]
+        for where, text in [*self._observed(canaries), *extra]:
+            if _ALPHABET_RUN.search(text) is None:
+                continue
+            hits = [(secret, label) for secret, label in plain if secret in text]
+            if other:
+                runs = _ALPHABET_RUN.findall(text)
+                hits += [(s, label) for s, label in other if any(s in run for run in runs)]
+            for secret, label in hits:
+                if (where, label) not in seen:
+                    seen.add((where, label))
+                    results.append(f"{label} appears in {where}: {_excerpt(text, secret)}")
         return results
 
     def clear(self) -> None:

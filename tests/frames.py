@@ -11,9 +11,10 @@ frames are left out: they hold what the test passed in, as a caller's do.
 from __future__ import annotations
 
 import os
+import re
 import traceback
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Union
 
 from cryptography.hazmat.primitives import serialization
 
@@ -21,6 +22,15 @@ __all__ = ["chain", "key_lines", "leaks"]
 
 _MAX_DEPTH = 8
 _MIN_SECRET = 24
+#: Key lines, tokens, codes and verifiers are runs of these characters. When
+#: every secret sought is one, a text without such a run of `_MIN_SECRET`
+#: characters cannot hold any of them: one regex search instead of a substring
+#: search per secret (most locals are short names, numbers and URLs).
+_SECRET_CHARS = r"[A-Za-z0-9+/=_.~\-]"
+_SECRET_SHAPE = re.compile(_SECRET_CHARS + "+")
+_LONG_RUN = re.compile(f"{_SECRET_CHARS}{{{_MIN_SECRET}}}")
+#: Where a value was found, built only when a secret is: (parent, step).
+_Path = Union[str, tuple["_Path", str, Any]]
 
 
 def key_lines(private_key: Any) -> list[str]:
@@ -69,6 +79,7 @@ def _ours(filename: str) -> bool:
 def leaks(error: BaseException, secrets: Iterable[str]) -> list[str]:
     """Where a secret shows in the frames captured for `error`: '<frame>: <local>...'."""
     wanted = [s for s in secrets if s]
+    contains = _matcher(wanted)
     found: list[str] = []
     for current in chain(error):
         tb = current.__traceback__
@@ -81,7 +92,10 @@ def leaks(error: BaseException, secrets: Iterable[str]) -> list[str]:
             if _ours(code.co_filename) and not _callers(code.co_filename):
                 where = f"{code.co_filename.rsplit(os.sep, 1)[-1]}:{code.co_name}"
                 for name, value in list(frame.f_locals.items()):
-                    found += [f"{where}: {p}" for p in _find(value, wanted, name, 0, set())]
+                    found += [
+                        f"{where}: {_render_path(p)}"
+                        for p in _find(value, name, 0, set(), contains)
+                    ]
             tb = tb.tb_next
     # What a report renders, too: each local's repr, as TracebackException
     # (capture_locals) and Sentry show them; a repr that fails shows nothing
@@ -106,7 +120,26 @@ def _rendered(value: Any) -> str:
         return ""
 
 
-def _find(value: Any, secrets: list[str], path: str, depth: int, seen: set[int]) -> Iterator[str]:
+def _matcher(secrets: list[str]) -> Callable[[str], bool]:
+    """A test for "holds one of `secrets`", with the cheap run check when it is exact."""
+    if all(len(s) >= _MIN_SECRET and _SECRET_SHAPE.fullmatch(s) for s in secrets):
+        return lambda text: (
+            _LONG_RUN.search(text) is not None and any(secret in text for secret in secrets)
+        )
+    return lambda text: any(secret in text for secret in secrets)
+
+
+def _render_path(path: _Path) -> str:
+    steps: list[str] = []
+    while isinstance(path, tuple):
+        path, step, detail = path
+        steps.append(f"[{detail!r}]" if step == "item" else step)
+    return path + "".join(reversed(steps))
+
+
+def _find(
+    value: Any, path: _Path, depth: int, seen: set[int], contains: Callable[[str], bool]
+) -> Iterator[_Path]:
     if id(value) in seen or depth > _MAX_DEPTH:
         return
     seen.add(id(value))
@@ -117,24 +150,24 @@ def _find(value: Any, secrets: list[str], path: str, depth: int, seen: set[int])
     else:
         text = None
     if text is not None:
-        if any(secret in text for secret in secrets):
+        if contains(text):
             yield path
         return
     if isinstance(value, dict):
         for key, item in list(value.items()):
-            yield from _find(key, secrets, f"{path}[key]", depth + 1, seen)
-            yield from _find(item, secrets, f"{path}[{key!r}]", depth + 1, seen)
+            yield from _find(key, (path, "[key]", None), depth + 1, seen, contains)
+            yield from _find(item, (path, "item", key), depth + 1, seen, contains)
         return
     if isinstance(value, (list, tuple, set, frozenset)):
         for index, item in enumerate(list(value)):
-            yield from _find(item, secrets, f"{path}[{index}]", depth + 1, seen)
+            yield from _find(item, (path, f"[{index}]", None), depth + 1, seen, contains)
         return
     try:
         shown = repr(value)
     except Exception:  # noqa: BLE001 - a repr that fails shows nothing
         shown = ""
-    if any(secret in shown for secret in secrets):
-        yield f"{path} (repr)"
+    if contains(shown):
+        yield (path, " (repr)", None)
     attributes = getattr(value, "__dict__", None)
     if isinstance(attributes, dict) and not isinstance(value, type):
-        yield from _find(attributes, secrets, f"{path}.__dict__", depth + 1, seen)
+        yield from _find(attributes, (path, ".__dict__", None), depth + 1, seen, contains)
