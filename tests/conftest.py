@@ -30,10 +30,11 @@ Two things apply to the whole suite:
   test fails if an access token or a private key line it produced shows up in
   a log record, a warning, ``http.client`` debug output, the repr of a library
   object, or an exception message.
-- **Hypothesis profiles.** ``ci`` (the default: 50 examples per property, a 2 s
-  deadline per example) and ``fuzz`` (10,000 examples per property, same
-  deadline), chosen with the environment variable ``HYPOTHESIS_PROFILE``. The
-  dedicated, non-CI fuzzing run is ``HYPOTHESIS_PROFILE=fuzz pytest tests/test_fuzz.py``.
+- **Hypothesis profiles.** ``dev`` (the default: 20 examples per property, a 2 s
+  deadline per example), ``ci`` (50 examples; `.ci/run` sets it) and ``fuzz``
+  (10,000 examples per property, same deadline), chosen with the environment
+  variable ``HYPOTHESIS_PROFILE``. The dedicated, non-CI fuzzing run is
+  ``HYPOTHESIS_PROFILE=fuzz pytest tests/test_fuzz.py``.
 """
 
 from __future__ import annotations
@@ -239,6 +240,13 @@ def discovery_server(
 _FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 settings.register_profile(
+    "dev",
+    max_examples=20,
+    deadline=datetime.timedelta(seconds=2),
+    suppress_health_check=_FUZZ_HEALTH,
+    print_blob=True,
+)
+settings.register_profile(
     "ci",
     max_examples=50,
     deadline=datetime.timedelta(seconds=2),
@@ -252,4 +260,4 @@ settings.register_profile(
     suppress_health_check=_FUZZ_HEALTH,
     print_blob=True,
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

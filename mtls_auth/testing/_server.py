@@ -71,7 +71,7 @@ from ._tenants import (
     TENANT_DOMAIN,
     check_subdomain,
 )
-from ._transport import Listener, server_ssl_context
+from ._transport import Listener, shared_server_context
 from ._transport import _load_cert_chain as _load_cert_chain
 from ._users import TEST_USER
 
@@ -263,7 +263,7 @@ class TokenServer:
         if self._listener.running:
             return self
         credential = self.server_credential or self.pki.server
-        context = server_ssl_context(
+        context = shared_server_context(
             self.pki.root_pem, credential, require_client_cert=self.require_client_cert
         )
         # Serve this object's documents, so that a subclass overriding them is

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._faults import FaultQueue
     from ._pki import Credential, PrivateKey
 
-__all__ = ["Listener", "server_ssl_context"]
+__all__ = ["Listener", "server_ssl_context", "shared_server_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,31 @@ def server_ssl_context(
     context.load_verify_locations(cadata=root_pem)
     _load_cert_chain(context, credential.chain_pem, credential.private_key)
     context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+#: Server contexts the token servers share, by (credential, root, client certificate
+#: required): building one loads and checks the key (about 2 ms), and a test suite
+#: starts a server for every test. A few kept; the credential is held so its id stays its own.
+_SHARED: dict[tuple[int, str, bool], tuple[Credential, ssl.SSLContext]] = {}
+_SHARED_LOCK = threading.Lock()
+_SHARED_MAX = 16
+
+
+def shared_server_context(
+    root_pem: str, credential: Credential, *, require_client_cert: bool
+) -> ssl.SSLContext:
+    """`server_ssl_context`, built once per credential and setting; never to be changed."""
+    key = (id(credential), root_pem, require_client_cert)
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is not None and entry[0] is credential:
+            return entry[1]
+    context = server_ssl_context(root_pem, credential, require_client_cert=require_client_cert)
+    with _SHARED_LOCK:
+        if len(_SHARED) >= _SHARED_MAX:
+            del _SHARED[next(iter(_SHARED))]
+        _SHARED[key] = (credential, context)
     return context
 
 
