@@ -189,15 +189,15 @@ class ClientCertificate:
         now = _now()
         if leaf.not_before > now + _CLOCK_SKEW or leaf.not_after - now <= _EXPIRY_WARNING:
             return None
+        checked = [der for der in ders if der is not None]
         try:  # OpenSSL's own decoding, as load_cert_chain will need it
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
-                cadata=b"".join(der for der in ders if der is not None)
-            )
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=b"".join(checked))
         except (ssl.SSLError, ValueError):
             return None
-        return cls._make(
-            b"".join(certs_pem), private_key, leaf.not_before, leaf.not_after, ders[0] or b""
-        )
+        # The bytes OpenSSL decoded, as the PEM _complete would write: what
+        # ssl_context() loads later is exactly what was checked here.
+        chain_pem = "".join(ssl.DER_cert_to_PEM_cert(der) for der in checked).encode("ascii")
+        return cls._make(chain_pem, private_key, leaf.not_before, leaf.not_after, checked[0])
 
     @classmethod
     def _complete(cls, certs_pem: list[bytes], private_key: PrivateKeyTypes) -> ClientCertificate:

@@ -30,6 +30,9 @@ __all__ = ["CertificateFacts", "certificate_facts"]
 _SEQUENCE = 0x30
 _INTEGER = 0x02
 _VERSION = 0xA0  # [0] EXPLICIT
+#: The only version field a certificate may carry: v3. A v1 certificate omits it
+#: (DER leaves a DEFAULT out); cryptography refuses v2 and an explicit v1.
+_VERSION_3 = b"\xa0\x03\x02\x01\x02"
 _UTC_TIME = 0x17
 _GENERALIZED_TIME = 0x18
 
@@ -107,6 +110,9 @@ def certificate_facts(der: bytes) -> CertificateFacts | None:
         fields.append((element, offset))
         offset = element[2]
     if fields and fields[0][0][0] == _VERSION:
+        start = fields[0][1]
+        if der[start : fields[0][0][2]] != _VERSION_3:
+            return None
         fields = fields[1:]
     if len(fields) < 6:
         return None

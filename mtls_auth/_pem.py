@@ -26,6 +26,8 @@ __all__ = [
 # Markers only: BEGIN and END lines are paired in one linear pass (a single
 # regex spanning whole blocks backtracks quadratically on hostile input).
 PEM_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 ]{1,64})-----")
+#: One line of a plain base64 body.
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
 #: More PEM than any certificate chain or key needs; larger input is refused.
 MAX_PEM_BYTES = 1 << 20
 CERT_LABELS = frozenset({b"CERTIFICATE", b"X509 CERTIFICATE"})
@@ -74,12 +76,20 @@ def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def certificate_der(block: bytes) -> bytes | None:
-    """The DER inside a ``CERTIFICATE`` block; None for headers or bad base64."""
+    """The DER inside a plain ``CERTIFICATE`` block; None for anything less plain.
+
+    Only lines of base64 and nothing else (no headers, blank lines or
+    indentation): text that any PEM reader takes the same way. The rest goes
+    to cryptography, which decides and says what is wrong.
+    """
     lines = block.strip().split(b"\n")
     if len(lines) < 3 or lines[0] != b"-----BEGIN CERTIFICATE-----":
         return None
+    body = lines[1:-1]
+    if not all(_BASE64_LINE.fullmatch(line) for line in body):
+        return None
     try:
-        return base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+        return base64.b64decode(b"".join(body), validate=True)
     except (binascii.Error, ValueError):
         return None
 

@@ -106,7 +106,7 @@ def load_certificates(blocks: list[bytes]) -> list[x509.Certificate]:
             cert.subject.rfc4514_string()
             cert.issuer.rfc4514_string()
             _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
             raise CertificateError(
                 f"certificate #{index} in the certificate PEM could not be decoded: "
                 f"{type(exc).__name__}"

@@ -239,6 +239,49 @@ def test_an_ordered_chain_and_a_shuffled_one_give_the_same_certificate(
     assert repr(ordered) == repr(shuffled)
 
 
+def _with_version(cert_pem: str, version: int) -> str:
+    """`cert_pem` with its TBS version field set to `version` (signature not redone)."""
+    der = bytearray(ssl.PEM_cert_to_DER_cert(cert_pem))
+    field = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (v3)
+    at = der.index(field)
+    der[at + 4] = version
+    return ssl.DER_cert_to_PEM_cert(bytes(der))
+
+
+@pytest.mark.parametrize("version", [0, 1, 5], ids=["explicit-v1", "v2", "version-5"])
+@pytest.mark.parametrize("order", ["leaf-first", "leaf-last"])
+def test_a_version_cryptography_refuses_is_a_certificate_error_on_either_path(
+    mtls_pki: PKI, mtls_client_certificate: Credential, version: int, order: str
+) -> None:
+    # OpenSSL decodes these; cryptography does not. The short reader of an
+    # ordered chain must refuse them too, and nothing may escape as a raw error.
+    leaf = _with_version(mtls_client_certificate.cert_pem, version)
+    chain = leaf + mtls_pki.intermediate_pem
+    if order == "leaf-last":
+        chain = mtls_pki.intermediate_pem + leaf
+    with pytest.raises(CertificateError, match="could not be decoded"):
+        ClientCertificate.from_pem(chain, mtls_client_certificate.key_pem)
+
+
+def test_a_blank_line_inside_a_certificate_is_refused_as_before(
+    mtls_client_certificate: Credential,
+) -> None:
+    lines = mtls_client_certificate.cert_pem.splitlines(keepends=True)
+    broken = "".join([*lines[:3], "\n", *lines[3:]])
+    with pytest.raises(CertificateError):
+        ClientCertificate.from_pem(broken, mtls_client_certificate.key_pem)
+
+
+def test_long_base64_lines_are_read_and_written_back_as_standard_pem(
+    mtls_client_certificate: Credential,
+) -> None:
+    lines = mtls_client_certificate.cert_pem.strip().splitlines()
+    one_line = f"{lines[0]}\n{''.join(lines[1:-1])}\n{lines[-1]}\n"
+    cert = ClientCertificate.from_pem(one_line, mtls_client_certificate.key_pem)
+    assert cert.certificate_pem == mtls_client_certificate.cert_pem
+    assert cert.certificate == mtls_client_certificate.certificate
+
+
 def test_a_key_with_edited_private_parts_is_refused(
     mtls_client_certificate: Credential,
 ) -> None:

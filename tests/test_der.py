@@ -88,6 +88,16 @@ def test_a_time_with_an_offset_or_fraction_is_declined(
     assert certificate_facts(bytes(der)) is None
 
 
+@pytest.mark.parametrize("version", [0, 1, 5])
+def test_a_version_field_other_than_v3_is_declined(
+    mtls_client_certificate: Credential, version: int
+) -> None:
+    der = bytearray(_der(mtls_client_certificate.certificate))
+    at = bytes(der).index(bytes.fromhex("a003020102"))
+    der[at + 4] = version
+    assert certificate_facts(bytes(der)) is None
+
+
 @given(st.binary(max_size=600))
 def test_random_bytes_never_raise(data: bytes) -> None:
     facts = certificate_facts(data)
