@@ -239,25 +239,12 @@ def discovery_server(
 
 _FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
-settings.register_profile(
-    "dev",
-    max_examples=20,
-    deadline=datetime.timedelta(seconds=2),
-    suppress_health_check=_FUZZ_HEALTH,
-    print_blob=True,
-)
-settings.register_profile(
-    "ci",
-    max_examples=50,
-    deadline=datetime.timedelta(seconds=2),
-    suppress_health_check=_FUZZ_HEALTH,
-    print_blob=True,
-)
-settings.register_profile(
-    "fuzz",
-    max_examples=10_000,
-    deadline=datetime.timedelta(seconds=2),
-    suppress_health_check=_FUZZ_HEALTH,
-    print_blob=True,
-)
+for _name, _examples in (("dev", 20), ("ci", 50), ("fuzz", 10_000)):
+    settings.register_profile(
+        _name,
+        max_examples=_examples,
+        deadline=datetime.timedelta(seconds=2),
+        suppress_health_check=_FUZZ_HEALTH,
+        print_blob=True,
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
