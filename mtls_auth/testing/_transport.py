@@ -64,6 +64,15 @@ _SHARED_LOCK = threading.Lock()
 _SHARED_MAX = 16
 
 
+def _new_shared_lock() -> None:
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()  # a forked child: its holder is not here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_shared_lock)
+
+
 def shared_server_context(
     root_pem: str, credential: Credential, *, require_client_cert: bool
 ) -> ssl.SSLContext:
