@@ -409,7 +409,6 @@ class Client:
         follow_redirects: bool = True,
         trust_env: bool = True,
         library_verify: Any = None,
-        limits: Any = None,
         **_ignored: Any,
     ) -> Any:
         """The library client of one session, presenting the chosen certificate."""
@@ -444,8 +443,6 @@ class Client:
         kwargs: dict[str, Any] = {"follow_redirects": follow_redirects, "timeout": TIMEOUT}
         if library_verify is not None:
             kwargs["verify"] = library_verify
-        if limits is not None:
-            kwargs["limits"] = limits
         if self.is_async:
             if present == "auth":
                 transport = self.presenter(auth, **extra)
@@ -564,12 +561,9 @@ class Client:
                 with ThreadPoolExecutor(concurrency) as pool:
                     return list(pool.map(one_sync, urls))
 
-        import httpx
-
         async def main() -> list[Result]:
-            limits = httpx.Limits(max_connections=concurrency)
             try:
-                async with self._raw(auth, **{**options, "limits": limits}) as client:
+                async with self._raw(auth, **options) as client:
 
                     async def one_async(url: str) -> Result:
                         return await _aoutcome(

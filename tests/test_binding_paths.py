@@ -52,9 +52,16 @@ def _fifo(path: Path) -> Path:
 
 
 def _socket_file(path: Path) -> Path:
+    # Bound by a name relative to its directory: a socket's path is limited to
+    # 108 bytes, and pytest's temp paths (more so under xdist) can be longer.
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.close()  # the socket file stays
+    here = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        server.bind(path.name)
+    finally:
+        os.chdir(here)
+        server.close()  # the socket file stays
     return path
 
 

@@ -222,13 +222,14 @@ def test_fixtures_come_from_the_entry_point_alone(pytester: pytest.Pytester) -> 
     result.assert_outcomes(passed=1)
     result.stdout.re_match_lines([r"plugins: .*mtls-auth-\d"])
 
-    fixtures = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures")
+    # The listings in this process: the same entry point, without a second interpreter.
+    fixtures = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--fixtures")
     text = fixtures.stdout.str()
     for name in FIXTURE_NAMES:
         assert f"{name} " in text or f"{name}\n" in text, name
     fixtures.stdout.fnmatch_lines(["*mtls_server*", "*A started loopback mTLS token server*"])
 
-    markers = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--markers")
+    markers = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--markers")
     markers.stdout.fnmatch_lines(["@pytest.mark.mtls_server(token_lifetime=3600*"])
 
 
