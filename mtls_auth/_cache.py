@@ -230,10 +230,12 @@ class TokenCache:
         self.wait_timeout = wait_timeout
         self.limits: dict[Hashable, int] = dict(limits or {})
         self._lock = threading.Lock()
-        # Read without the lock on the hot path: entries are replaced whole.
-        self._entries: dict[Hashable, _Entry] = {}
-        # Use order per bucket, least recent first, for eviction.
-        self._order: dict[Hashable, OrderedDict[Hashable, None]] = {}
+        # The entries of each bucket in use order, least recent first (evicted
+        # first). One table per bucket holds both, so a bucket churning at its
+        # bound resizes one table, not two. Read without the lock on the hot
+        # path: entries are replaced whole, and OrderedDict operations are
+        # atomic under the GIL.
+        self._buckets: dict[Hashable, OrderedDict[Hashable, _Entry]] = {}
         self._flights: dict[Hashable, _Flight] = {}
         self._mru: Hashable = None
         #: Bumped by `clear`: fetches started before it do not store their token.
@@ -247,13 +249,17 @@ class TokenCache:
         self._flights = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entries) for entries in list(self._buckets.values()))
+
+    def _entry(self, key: Hashable) -> _Entry | None:
+        entries = self._buckets.get(_bucket(key))
+        return None if entries is None else entries.get(key)
 
     # -- reading -----------------------------------------------------------------
 
     def current(self, key: Hashable) -> Token | None:
         """The fresh token for `key`, or None. Never blocks, never fetches."""
-        entry = self._entries.get(key)
+        entry = self._entry(key)
         if entry is not None and self.clock() < entry.refresh_at:
             if key is not self._mru:
                 self._touch(key)
@@ -262,14 +268,14 @@ class TokenCache:
 
     def quiet_for(self) -> float | None:
         """Seconds until the first stored token turns stale (None: no tokens)."""
-        entries = list(self._entries.values())
+        entries = [e for bucket in list(self._buckets.values()) for e in list(bucket.values())]
         if not entries:
             return None
         return min(entry.refresh_at for entry in entries) - self.clock()
 
     def freshness(self, key: Hashable) -> tuple[Freshness, float] | None:
         """The state of the token stored for `key` and seconds until it expires."""
-        entry = self._entries.get(key)
+        entry = self._entry(key)
         if entry is None:
             return None
         now = self.clock()
@@ -371,7 +377,7 @@ class TokenCache:
         """Under the lock: use a token, wait for a flight, or start one."""
         with self._lock:
             now = self.clock()
-            entry = self._entries.get(key)
+            entry = self._entry(key)
             token = entry.token if entry is not None else None
             state = self.policy.freshness(token, now) if token is not None else None
             if state is Freshness.FRESH:
@@ -426,8 +432,7 @@ class TokenCache:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             if flight.epoch == self._epoch:
-                self._entries[key] = _Entry(token, self.policy.refresh_at(token))
-                self._remember(key)
+                self._remember(key, _Entry(token, self.policy.refresh_at(token)))
         flight.finish(token=token)
         logger.debug("new token cached; valid for %.0fs", token.lifetime)
         return token
@@ -436,7 +441,7 @@ class TokenCache:
         with self._lock:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
-            entry = self._entries.get(flight.key)
+            entry = self._entry(flight.key)
             if fallback is not None and entry is not None and entry.token is fallback:
                 entry.stale_retry_at = self.clock() + self.policy.retry_stale_after
         flight.finish(error=exc)
@@ -455,27 +460,26 @@ class TokenCache:
 
     # -- use order and bounds (under the lock) ------------------------------------------
 
-    def _remember(self, key: Hashable) -> None:
+    def _remember(self, key: Hashable, entry: _Entry) -> None:
         bucket = _bucket(key)
-        order = self._order.get(bucket)
-        if order is None:
-            order = self._order[bucket] = OrderedDict()
-        order[key] = None
-        order.move_to_end(key)
+        entries = self._buckets.get(bucket)
+        if entries is None:
+            entries = self._buckets[bucket] = OrderedDict()
+        entries[key] = entry
+        entries.move_to_end(key)
         self._mru = key
         limit = self.limits.get(bucket, DEFAULT_BUCKET_LIMIT)
-        while len(order) > limit:
-            oldest, _ = order.popitem(last=False)
-            self._entries.pop(oldest, None)
+        while len(entries) > limit:
+            entries.popitem(last=False)
 
     def _touch(self, key: Hashable) -> None:
         # Lock-free on the hot path: an OrderedDict operation is atomic under
         # the GIL, and a key evicted meanwhile is simply not there any more.
         self._mru = key
-        order = self._order.get(_bucket(key))
-        if order is not None:
+        entries = self._buckets.get(_bucket(key))
+        if entries is not None:
             with contextlib.suppress(KeyError):
-                order.move_to_end(key)
+                entries.move_to_end(key)
 
     # -- invalidation ----------------------------------------------------------------------
 
@@ -486,20 +490,21 @@ class TokenCache:
         has already replaced it, the newer token stays.
         """
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and (token is None or entry.token is token):
-                del self._entries[key]
-                order = self._order.get(_bucket(key))
-                if order is not None:
-                    order.pop(key, None)
+            entries = self._buckets.get(_bucket(key))
+            entry = None if entries is None else entries.get(key)
+            if (
+                entries is not None
+                and entry is not None
+                and (token is None or entry.token is token)
+            ):
+                del entries[key]
                 return True
         return False
 
     def clear(self) -> None:
         """Forget every token; fetches already running hand theirs to their waiters only."""
         with self._lock:
-            self._entries = {}
-            self._order = {}
+            self._buckets = {}
             self._mru = None
             self._epoch += 1
 
