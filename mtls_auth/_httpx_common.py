@@ -171,7 +171,8 @@ class _LoopClients:
         # Only a weak reference and the loop's kind: nothing here may keep a
         # finished loop (and its sockets) alive.
         ref, name = weakref.ref(ident), loop.name
-        idle = IdleRelease(lambda: self._release(name, ref))
+        idle = IdleRelease(lambda: self._release(name, ref, idle_ref))
+        idle_ref = weakref.ref(idle)
         with self._lock:
             self._idles[id(ident)] = (ref, idle)
             dead = [key for key, (other, _) in self._idles.items() if _finished(other)]
@@ -179,8 +180,8 @@ class _LoopClients:
                 del self._idles[key]
         return idle
 
-    def _release(self, name: str, ref: weakref.ref[Any]) -> None:
-        """From the reaper thread: have the loop close its clients (rebuilt when needed)."""
+    def _release(self, name: str, ref: weakref.ref[Any], idle: weakref.ref[IdleRelease]) -> None:
+        """Have the loop close its clients (rebuilt when needed), from any thread."""
         ident = ref()
         entry = self._entries.get(id(ident))
         if ident is None or entry is None or entry[0]() is not ident:
@@ -188,6 +189,9 @@ class _LoopClients:
         clients = entry[1]
 
         async def close() -> None:
+            releaser = idle()
+            if releaser is not None and releaser.busy:
+                return  # a fetch began on this loop since: it plans again when it ends
             for client in clients.take():
                 await client.aclose()
 

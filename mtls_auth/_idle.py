@@ -4,10 +4,13 @@ A token lives for minutes to hours; servers close idle keep-alive connections
 after seconds (nginx 75 s, many load balancers 60 s or less). Keeping the
 connection to the token endpoint open between refreshes holds a socket (and a
 server slot) per auth object for nothing. So after a fetch, when the next
-refresh is further away than `HORIZON`, the sender's connections are closed
-once `HORIZON` seconds pass without another fetch; fetches that come close
-together (frequent refreshes, a burst of tenant or user tokens) keep reusing
-the connection.
+refresh is further away than `HORIZON`, the sender's connections go: at once
+after a lone fetch (none ended within `HORIZON` before it: an application's
+first token, a refresh hours after the last), otherwise once `HORIZON` seconds
+pass without another fetch, so fetches that come close together (frequent
+refreshes, a burst of tenant or user tokens) keep reusing the connection. A
+burst thus pays one handshake more than it would with a kept connection: its
+first fetch cannot know that more follow.
 
 One daemon thread for the whole process (`_Reaper`, started on first use)
 calls `IdleRelease.fire` at the right time, with at most one entry per sender
@@ -15,7 +18,9 @@ however many fetches it makes (a later fetch moves the time, it does not add
 an entry); a sync sender then closes its
 session or client, an async one has its event loop close that loop's client
 (``call_soon_threadsafe``). Nothing is closed while a fetch is using the
-connection, and what is closed is rebuilt on the next fetch.
+connection: a release runs under the lock `begin` takes, and the loop's close
+gives up if a fetch began on the loop in the meantime (`busy`). What is closed
+is rebuilt on the next fetch.
 """
 
 from __future__ import annotations
@@ -41,7 +46,16 @@ HORIZON = 30.0
 class IdleRelease:
     """Decides when one sender's connections go: `begin`/`end` around each fetch."""
 
-    __slots__ = ("__weakref__", "_active", "_due", "_lock", "_queued", "_release", "horizon")
+    __slots__ = (
+        "__weakref__",
+        "_active",
+        "_due",
+        "_last_end",
+        "_lock",
+        "_queued",
+        "_release",
+        "horizon",
+    )
 
     def __init__(self, release: Callable[[], object], horizon: float = HORIZON) -> None:
         self._release = release
@@ -52,7 +66,14 @@ class IdleRelease:
         self._due: float | None = None
         #: Whether the reaper holds an entry for this sender.
         self._queued = False
+        #: When the last fetch ended (monotonic seconds); None before the first.
+        self._last_end: float | None = None
         after_fork.register(self)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a fetch is running (a release planned before it must not cut it)."""
+        return self._active > 0
 
     def begin(self) -> None:
         with self._lock:
@@ -62,11 +83,20 @@ class IdleRelease:
     def end(self, quiet_for: float | None) -> None:
         """A fetch ended; `quiet_for` is how long no refresh is due (None: unknown)."""
         quiet = quiet_for is not None and quiet_for > self.horizon
+        now = time.monotonic()
         with self._lock:
             self._active -= 1
+            last, self._last_end = self._last_end, now
             if not quiet or self._active:
                 return  # a refresh comes soon, or a fetch still runs and will plan
-            due = self._due = time.monotonic() + self.horizon
+            if last is None or now - last > self.horizon:
+                # A lone fetch: nothing came close before it, nothing is due
+                # soon. Released under the lock: a fetch starting now waits
+                # in `begin` and then builds a new connection.
+                self._due = None
+                self._release()
+                return
+            due = self._due = now + self.horizon
             if self._queued:
                 return  # the reaper's entry finds the new time when it comes
             self._queued = True
@@ -82,7 +112,7 @@ class IdleRelease:
             if due is None or self._active:
                 return None
             self._due = None
-        self._release()
+            self._release()  # under the lock: no fetch begins meanwhile
         return None
 
     def _after_fork(self) -> None:
@@ -92,6 +122,7 @@ class IdleRelease:
         self._active = 0
         self._due = None
         self._queued = False
+        self._last_end = None
 
 
 class _Reaper:

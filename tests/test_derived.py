@@ -27,11 +27,15 @@ def test_derived_auth_shares_the_client_and_holds_its_own_token(
     assert derived._client is auth._client
     assert threading.active_count() == threads_before
 
-    # Both fetches through the auths' own client (on one event loop for httpx async).
-    first, second = client.token_infos(auth, derived)
-    assert mtls_server.connections_accepted == 1, "the derived fetch opened a new connection"
+    # The fetches through the auths' own client (on one event loop for httpx
+    # async). A lone fetch lets its connection go at once (no refresh is due
+    # soon), so a third auth of the client fetches first: then the two fetches
+    # come close together and the second reuses the first one's connection.
+    warm = auth._derive(auth._request.replace(scope="warm"))
+    _, first, second = client.token_infos(warm, auth, derived)
+    assert mtls_server.connections_accepted == 2, "the derived fetch opened a new connection"
     requests_seen = mtls_server.token_requests
-    assert [r.form.get("scope") for r in requests_seen] == ["first", "second"]
+    assert [r.form.get("scope") for r in requests_seen] == ["warm", "first", "second"]
     assert {r.thumbprint for r in requests_seen} == {mtls_client_certificate.thumbprint}
     assert first.lifetime == second.lifetime
 
@@ -41,7 +45,7 @@ def test_derived_auth_shares_the_client_and_holds_its_own_token(
     for each in (auth, derived, auth, derived):
         assert client.call(each, present="auth").status == 200
     indexes = [r.token_index for r in mtls_server.resource_requests]
-    assert indexes == [1, 2, 1, 2]
-    assert len(mtls_server.token_requests) == 2
+    assert indexes == [2, 3, 2, 3]
+    assert len(mtls_server.token_requests) == 3
     assert "scope='second'" in repr(derived)
     assert "scope='first'" in repr(auth)

@@ -1,11 +1,12 @@
 """No idle token-endpoint socket when no refresh is due soon; kept while fetches come close.
 
 After a fetch, when the next refresh is further away than the idle horizon, the
-connection to the token endpoint is closed once the horizon passes without
-another fetch; the next fetch opens a new one (the server counts accepted
-connections). When a refresh is due within the horizon, the connection stays.
-The horizon (30 s in production) is shortened here, and the test waits for the
-release itself with a deadline, not for a time.
+connection to the token endpoint is closed: at once after a lone fetch (no
+other ended within the horizon before it), else once the horizon passes
+without another fetch; the next fetch opens a new one (the server counts
+accepted connections). When a refresh is due within the horizon, the
+connection stays. The horizon (30 s in production) is shortened here, and the
+tests wait for a release itself with a deadline, not for a time.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import pytest
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth.testing import TokenServer
-
-HORIZON = 0.05
 
 
 def _idle_of(auth: Any, in_loop: bool = False) -> Any:
@@ -43,21 +42,43 @@ def _until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 
 @pytest.mark.mtls_server(token_lifetime=3600)
 @pytest.mark.parametrize("module", [mrequests, mhttpx], ids=["requests", "httpx-sync"])
-def test_the_connection_goes_when_no_refresh_is_due_soon(
+def test_a_lone_fetch_lets_the_connection_go_at_once(
+    module: Any,
+    mtls_server: TokenServer,
+    mtls_xsuaa_binding: dict[str, Any],
+    mtls_auth_kwargs: dict[str, Any],
+) -> None:
+    """An application's first token, with no refresh due for an hour: no socket kept."""
+    auth = module.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    auth.token_info()
+    assert mtls_server.connections_accepted == 1
+    assert _pools(auth)._current is None, "the connection of a lone fetch was kept"
+    auth.close()
+
+
+@pytest.mark.mtls_server(token_lifetime=3600)
+@pytest.mark.parametrize("module", [mrequests, mhttpx], ids=["requests", "httpx-sync"])
+def test_fetches_close_together_keep_the_connection_until_the_horizon_passes(
     module: Any,
     mtls_server: TokenServer,
     mtls_xsuaa_binding: dict[str, Any],
     mtls_auth_kwargs: dict[str, Any],
 ) -> None:
     auth = module.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
-    _idle_of(auth).horizon = HORIZON
-    auth.token_info()
-    assert mtls_server.connections_accepted == 1
+    _idle_of(auth).horizon = 1.0  # the fetches below follow each other well within it
+
+    def fetch(scope: str) -> None:
+        auth._derive(auth._request.replace(scope=scope)).token_info()
+
+    fetch("first")  # lone: its connection goes at once
+    fetch("second")  # close after it: a new connection, kept
+    fetch("third")  # and reused
+    assert mtls_server.connections_accepted == 2
     assert _pools(auth)._current is not None
     assert _until(lambda: _pools(auth)._current is None), "the idle connection was kept"
-    # The next fetch (another token of the same client) connects again.
-    auth._derive(auth._request.replace(scope="other")).token_info()
-    assert mtls_server.connections_accepted == 2
+    # After the horizon without a fetch, the next one is lone again: it connects.
+    fetch("fourth")
+    assert mtls_server.connections_accepted == 3
     auth.close()
 
 
@@ -67,21 +88,57 @@ def test_the_async_connection_goes_too(
 ) -> None:
     auth = mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
 
-    async def main() -> bool:
-        _idle_of(auth, in_loop=True).horizon = HORIZON
-        await auth.atoken_info()
-        loop = asyncio.get_running_loop()
-        entry = auth._client.sender._loops._entries[id(loop)]
+    async def released(clients: Any) -> bool:
         deadline = time.monotonic() + 5
-        while entry[1]._current is not None and time.monotonic() < deadline:
+        while clients._current is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        released = entry[1]._current is None
-        await auth._derive(auth._request.replace(scope="other")).atoken_info()
-        await auth.aclose()
-        return released
+        return clients._current is None
 
-    assert asyncio.run(main()), "the loop's idle client was kept"
+    async def main() -> list[bool]:
+        _idle_of(auth, in_loop=True).horizon = 1.0
+        await auth.atoken_info()  # lone: the loop closes its client at once
+        loop = asyncio.get_running_loop()
+        clients = auth._client.sender._loops._entries[id(loop)][1]
+        lone = await released(clients)
+        for scope in ("second", "third"):  # close together: kept, then let go
+            await auth._derive(auth._request.replace(scope=scope)).atoken_info()
+        kept = clients._current is not None
+        later = await released(clients)
+        await auth.aclose()
+        return [lone, kept, later]
+
+    assert asyncio.run(main()) == [True, True, True]
     assert mtls_server.connections_accepted == 2
+
+
+@pytest.mark.mtls_server(token_lifetime=3600)
+def test_a_fetch_beginning_before_the_loop_closes_keeps_its_client(
+    mtls_server: TokenServer, mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]
+) -> None:
+    """The loop's close is asked for from another thread (the reaper): if a fetch
+    began on the loop before the close runs, the close leaves the client alone."""
+    auth = mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+
+    async def main() -> bool:
+        idle = _idle_of(auth, in_loop=True)
+        idle.horizon = 3600.0  # nothing planned by the reaper during the test
+        await auth._derive(auth._request.replace(scope="warm")).atoken_info()
+        loop = asyncio.get_running_loop()
+        clients = auth._client.sender._loops._entries[id(loop)][1]
+        for _ in range(5):  # the lone fetch's close has run
+            await asyncio.sleep(0)
+        await auth.atoken_info()  # close after it (within the hour): kept
+        assert clients._current is not None
+        idle._release()  # what the reaper does when the time comes...
+        idle.begin()  # ...while a fetch starts on the loop
+        for _ in range(5):
+            await asyncio.sleep(0)
+        kept = clients._current is not None
+        idle.end(None)
+        await auth.aclose()
+        return kept
+
+    assert asyncio.run(main()), "the close cut the client of a fetch that had begun"
 
 
 @pytest.mark.mtls_server(token_lifetime=1)
@@ -112,7 +169,13 @@ def test_a_fetch_in_progress_is_never_cut() -> None:
     released: list[int] = []
     idle = IdleRelease(lambda: released.append(1), horizon=10.0)
     idle.begin()
-    idle.end(3600)  # planned: released 10 s after this fetch
+    idle.end(3600)  # a lone fetch: released at once
+    assert released == [1]
+    assert idle._due is None
+    released.clear()
+    idle.begin()
+    idle.end(3600)  # close after it: planned, released 10 s after this fetch
+    assert released == []
     due = idle._due
     assert due is not None
     idle.begin()  # another fetch starts: nothing may be cut under it
