@@ -192,8 +192,15 @@ class _LoopClients:
             releaser = idle()
             if releaser is not None and releaser.busy:
                 return  # a fetch began on this loop since: it plans again when it ends
-            for client in clients.take():
-                await client.aclose()
+            pending = clients.take()
+            try:
+                while pending:
+                    await pending[0].aclose()
+                    del pending[0]
+            finally:
+                # Cancelled (the loop shutting down): what is left goes back, and
+                # the loop's own close at shutdown closes it.
+                clients.give_back(pending)
 
         loop = aio.Loop(name, ident, sys.modules.get("trio") if name == "trio" else None)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to close

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import threading
 import time
@@ -37,6 +38,8 @@ from typing import Callable
 from . import _after_fork as after_fork
 
 __all__ = ["HORIZON", "IdleRelease"]
+
+logger = logging.getLogger(__name__)
 
 #: Seconds without a fetch after which an idle token-endpoint connection is closed,
 #: when no refresh is due sooner.
@@ -94,7 +97,7 @@ class IdleRelease:
                 # soon. Released under the lock: a fetch starting now waits
                 # in `begin` and then builds a new connection.
                 self._due = None
-                self._release()
+                self._release_quietly()
                 return
             due = self._due = now + self.horizon
             if self._queued:
@@ -112,8 +115,16 @@ class IdleRelease:
             if due is None or self._active:
                 return None
             self._due = None
-            self._release()  # under the lock: no fetch begins meanwhile
+            self._release_quietly()  # under the lock: no fetch begins meanwhile
         return None
+
+    def _release_quietly(self) -> None:
+        # Closing a connection is housekeeping: what it raises must never take
+        # the place of the fetch's own outcome (a fresh token, or its error).
+        try:
+            self._release()
+        except Exception as exc:  # noqa: BLE001 - see above; the next fetch reconnects
+            logger.debug("closing an idle token-endpoint connection failed: %s", type(exc).__name__)
 
     def _after_fork(self) -> None:
         # In a forked child: the fetches counted here ran in threads it lacks,

@@ -349,6 +349,11 @@ class PerCertificate(Generic[T]):
             values.append(current[1])
         return values
 
+    def give_back(self, values: list[T]) -> None:
+        """Values `take` returned that were not disposed of: the next `take` has them."""
+        with self._lock:
+            self._retired.extend(values)
+
     def close(self) -> None:
         dispose = self._dispose
         for value in self.take():

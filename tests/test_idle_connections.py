@@ -225,3 +225,54 @@ def test_finished_event_loops_are_not_kept_alive(
         # The newest loop's clients are released when the next loop comes.
         assert len([ref for ref in loops if ref() is not None]) <= 1
         assert len(auth._client.sender._loops._idles) <= 1
+
+
+def test_a_failing_release_never_replaces_the_fetch_outcome(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closing is housekeeping: the fetch that ended still returns its token."""
+    from mtls_auth._idle import IdleRelease
+
+    def release() -> None:
+        raise OSError("the socket would not close")
+
+    idle = IdleRelease(release, horizon=10.0)
+    with caplog.at_level("DEBUG", logger="mtls_auth"):
+        idle.begin()
+        idle.end(3600)  # a lone fetch: released at once, and the error stays here
+    assert "closing an idle token-endpoint connection failed: OSError" in caplog.text
+    assert not idle.busy
+
+
+@pytest.mark.mtls_server(token_lifetime=3600)
+def test_a_loop_shutting_down_mid_release_still_closes_the_client(
+    mtls_server: TokenServer, mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]
+) -> None:
+    """asyncio.run cancels the release's close at shutdown: what it had not closed
+    goes back, and the loop's own close at shutdown closes it."""
+    auth = mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    calls: list[int] = []
+    seen: list[Any] = []
+
+    async def main() -> None:
+        await auth.atoken_info()  # lone: the loop's close is on its way
+        loop = asyncio.get_running_loop()
+        clients = auth._client.sender._loops._entries[id(loop)][1]
+        client = clients._current[1]
+        original = client.aclose
+
+        async def first_close_hangs() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                await asyncio.sleep(3600)  # until asyncio.run cancels it
+            await original()
+
+        client.aclose = first_close_hangs
+        seen.append(client)
+        for _ in range(5):  # the release's close starts, and waits
+            await asyncio.sleep(0)
+        assert calls == [1]
+
+    asyncio.run(main())
+    assert len(calls) == 2, "the client the cancelled close held was never closed"
+    assert seen[0].is_closed
