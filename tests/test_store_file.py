@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,11 @@ def test_an_expired_lease_is_taken_over(store: FileTokenStore) -> None:
 
 def _dead_holder(store: FileTokenStore, reap: bool) -> int:
     """A process that takes the lease and exits: reaped, or left a zombie."""
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a process with threads may deadlock
+        # (a pytest-xdist worker has some): the child only takes a lease and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child
         code = 0 if store.lease(KEY, "dead-holder", 60) else 1
         os._exit(code)
