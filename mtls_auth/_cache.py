@@ -259,10 +259,18 @@ class TokenCache:
 
     def current(self, key: Hashable) -> Token | None:
         """The fresh token for `key`, or None. Never blocks, never fetches."""
-        entry = self._entry(key)
+        # The per-request path: the bucket is looked up once, for reading and
+        # for the use order. Lock-free: an OrderedDict operation is atomic under
+        # the GIL, and a key evicted meanwhile is simply not there any more.
+        entries = self._buckets.get(_bucket(key))
+        if entries is None:
+            return None
+        entry = entries.get(key)
         if entry is not None and self.clock() < entry.refresh_at:
             if key is not self._mru:
-                self._touch(key)
+                self._mru = key
+                with contextlib.suppress(KeyError):
+                    entries.move_to_end(key)
             return entry.token
         return None
 
@@ -471,15 +479,6 @@ class TokenCache:
         limit = self.limits.get(bucket, DEFAULT_BUCKET_LIMIT)
         while len(entries) > limit:
             entries.popitem(last=False)
-
-    def _touch(self, key: Hashable) -> None:
-        # Lock-free on the hot path: an OrderedDict operation is atomic under
-        # the GIL, and a key evicted meanwhile is simply not there any more.
-        self._mru = key
-        entries = self._buckets.get(_bucket(key))
-        if entries is not None:
-            with contextlib.suppress(KeyError):
-                entries.move_to_end(key)
 
     # -- invalidation ----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -20,6 +21,24 @@ import pytest
 import mtls_auth.httpx as mhttpx
 import mtls_auth.requests as mrequests
 from mtls_auth.testing import TokenServer
+
+
+@pytest.fixture(params=[mrequests, mhttpx], ids=["requests", "httpx-sync"])
+def sync_auth(
+    request: pytest.FixtureRequest,
+    mtls_xsuaa_binding: dict[str, Any],
+    mtls_auth_kwargs: dict[str, Any],
+) -> Iterator[Any]:
+    """An auth of requests or httpx (used synchronously) on the kit's binding."""
+    auth = request.param.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    yield auth
+    auth.close()
+
+
+@pytest.fixture
+def async_auth(mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]) -> Any:
+    """An httpx auth, for use inside an event loop (each test closes it there)."""
+    return mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
 
 
 def _idle_of(auth: Any, in_loop: bool = False) -> Any:
@@ -41,30 +60,21 @@ def _until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 
 
 @pytest.mark.mtls_server(token_lifetime=3600)
-@pytest.mark.parametrize("module", [mrequests, mhttpx], ids=["requests", "httpx-sync"])
 def test_a_lone_fetch_lets_the_connection_go_at_once(
-    module: Any,
-    mtls_server: TokenServer,
-    mtls_xsuaa_binding: dict[str, Any],
-    mtls_auth_kwargs: dict[str, Any],
+    sync_auth: Any, mtls_server: TokenServer
 ) -> None:
     """An application's first token, with no refresh due for an hour: no socket kept."""
-    auth = module.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    auth = sync_auth
     auth.token_info()
     assert mtls_server.connections_accepted == 1
     assert _pools(auth)._current is None, "the connection of a lone fetch was kept"
-    auth.close()
 
 
 @pytest.mark.mtls_server(token_lifetime=3600)
-@pytest.mark.parametrize("module", [mrequests, mhttpx], ids=["requests", "httpx-sync"])
 def test_fetches_close_together_keep_the_connection_until_the_horizon_passes(
-    module: Any,
-    mtls_server: TokenServer,
-    mtls_xsuaa_binding: dict[str, Any],
-    mtls_auth_kwargs: dict[str, Any],
+    sync_auth: Any, mtls_server: TokenServer
 ) -> None:
-    auth = module.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    auth = sync_auth
     _idle_of(auth).horizon = 1.0  # the fetches below follow each other well within it
 
     def fetch(scope: str) -> None:
@@ -79,14 +89,11 @@ def test_fetches_close_together_keep_the_connection_until_the_horizon_passes(
     # After the horizon without a fetch, the next one is lone again: it connects.
     fetch("fourth")
     assert mtls_server.connections_accepted == 3
-    auth.close()
 
 
 @pytest.mark.mtls_server(token_lifetime=3600)
-def test_the_async_connection_goes_too(
-    mtls_server: TokenServer, mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]
-) -> None:
-    auth = mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+def test_the_async_connection_goes_too(async_auth: Any, mtls_server: TokenServer) -> None:
+    auth = async_auth
 
     async def released(clients: Any) -> bool:
         deadline = time.monotonic() + 5
@@ -113,11 +120,11 @@ def test_the_async_connection_goes_too(
 
 @pytest.mark.mtls_server(token_lifetime=3600)
 def test_a_fetch_beginning_before_the_loop_closes_keeps_its_client(
-    mtls_server: TokenServer, mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]
+    async_auth: Any, mtls_server: TokenServer
 ) -> None:
     """The loop's close is asked for from another thread (the reaper): if a fetch
     began on the loop before the close runs, the close leaves the client alone."""
-    auth = mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    auth = async_auth
 
     async def main() -> bool:
         idle = _idle_of(auth, in_loop=True)
@@ -142,24 +149,19 @@ def test_a_fetch_beginning_before_the_loop_closes_keeps_its_client(
 
 
 @pytest.mark.mtls_server(token_lifetime=1)
-@pytest.mark.parametrize("module", [mrequests, mhttpx], ids=["requests", "httpx-sync"])
 def test_the_connection_stays_while_refreshes_come_close(
-    module: Any,
-    mtls_server: TokenServer,
-    mtls_xsuaa_binding: dict[str, Any],
-    mtls_auth_kwargs: dict[str, Any],
+    sync_auth: Any, mtls_server: TokenServer
 ) -> None:
     """A token refreshed within the horizon: no release is even scheduled."""
     from mtls_auth._idle import _reaper
 
-    auth = module.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    auth = sync_auth
     idle = _idle_of(auth)
     idle.horizon = 5.0  # the next refresh (0.9 s away) comes sooner
     auth.token_info()
     scheduled = [entry for entry in _reaper()._heap if entry[2]() is idle]
     assert scheduled == []
     assert _pools(auth)._current is not None
-    auth.close()
 
 
 def test_a_fetch_in_progress_is_never_cut() -> None:
@@ -246,11 +248,11 @@ def test_a_failing_release_never_replaces_the_fetch_outcome(
 
 @pytest.mark.mtls_server(token_lifetime=3600)
 def test_a_loop_shutting_down_mid_release_still_closes_the_client(
-    mtls_server: TokenServer, mtls_xsuaa_binding: dict[str, Any], mtls_auth_kwargs: dict[str, Any]
+    async_auth: Any, mtls_server: TokenServer
 ) -> None:
     """asyncio.run cancels the release's close at shutdown: what it had not closed
     goes back, and the loop's own close at shutdown closes it."""
-    auth = mhttpx.MtlsOAuth2.from_binding(mtls_xsuaa_binding, **mtls_auth_kwargs)
+    auth = async_auth
     calls: list[int] = []
     seen: list[Any] = []
 
